@@ -1,0 +1,64 @@
+"""The training objective: regress the network onto epsilon, v or x0 with a per-timestep weight.
+
+All three objectives are the same denoising loss up to a weight on ||x0 - pred_x0||^2 (Kingma et al.
+2021; Salimans & Ho 2022): with SNR = alpha_bar / (1 - alpha_bar),
+    ||eps - pred_eps||^2 = SNR        * ||x0 - pred_x0||^2
+    ||v   - pred_v||^2   = (SNR + 1)  * ||x0 - pred_x0||^2
+    ||x0  - pred_x0||^2  = 1          * ||x0 - pred_x0||^2
+Min-SNR-gamma (Hang et al. 2023) makes the effective x0 weight min(SNR, gamma), so the weight that
+multiplies each objective is min(SNR, gamma) divided by that objective's own factor above.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffusion.errors import UserError, check_choice
+from diffusion.schedules import PREDICTION_TYPES, NoiseSchedule, expand_like
+
+WEIGHTINGS = ("uniform", "min_snr")
+
+
+def min_snr_weight(snr: torch.Tensor, prediction_type: str, gamma: float = 5.0) -> torch.Tensor:
+    """Hang et al. 2023, eq. 9 and its v / x0 forms: min(SNR, gamma) / (the objective's x0 factor)."""
+    check_choice("prediction type", prediction_type, PREDICTION_TYPES)
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "x0":
+        return clipped
+    if prediction_type == "v":
+        return clipped / (snr + 1)
+    # epsilon: min(SNR, gamma) / SNR written as min(1, gamma / SNR) so that SNR = 0 gives 1, not 0/0
+    return (gamma / snr).clamp(max=1.0)
+
+
+def loss_weight(snr: torch.Tensor, prediction_type: str, weighting: str = "uniform", gamma: float = 5.0) -> torch.Tensor:
+    """The weight of each example's mean squared error, from its SNR [B]."""
+    check_choice("loss weighting", weighting, WEIGHTINGS)
+    if weighting == "uniform":
+        return torch.ones_like(snr)
+    if gamma <= 0:
+        raise UserError(f"min_snr gamma must be > 0, got {gamma}")
+    return min_snr_weight(snr, prediction_type, gamma)
+
+
+def sample_timesteps(batch_size: int, num_timesteps: int, device=None, generator=None) -> torch.Tensor:
+    """t ~ Uniform{0, ..., T-1} (Ho et al. 2020, Algorithm 1)."""
+    return torch.randint(0, num_timesteps, (batch_size,), device=device, generator=generator)
+
+
+def diffusion_loss(
+    model_output: torch.Tensor,  # [B, C, H, W] the network's prediction at (x_t, t)
+    x0: torch.Tensor,  # [B, C, H, W] clean data
+    noise: torch.Tensor,  # [B, C, H, W] the eps used to make x_t
+    t: torch.Tensor,  # [B] integer timesteps
+    schedule: NoiseSchedule,
+    prediction_type: str = "epsilon",
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
+) -> torch.Tensor:
+    """Per-example weighted mean squared error [B] (mean over every non-batch dimension)."""
+    target = schedule.target(prediction_type, x0, noise, t)
+    weight = loss_weight(schedule.snr(t.cpu()), prediction_type, weighting, min_snr_gamma)  # [B] float64
+    squared_error = (model_output.float() - target.float()) ** 2
+    per_example = squared_error.flatten(1).mean(dim=1)  # [B]
+    return per_example * expand_like(weight, per_example)

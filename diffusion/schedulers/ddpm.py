@@ -1,0 +1,47 @@
+"""DDPM ancestral sampling (Ho et al. 2020): draw x_{t_prev} from the posterior q(x_{t_prev} | x_t, x0)
+with x0 replaced by the network's estimate. Works on any sub-grid of timesteps (the betas of the
+skipped steps are folded into one: beta = 1 - alpha_bar_t / alpha_bar_t_prev)."""
+
+from __future__ import annotations
+
+import torch
+
+from diffusion.errors import check_choice
+from diffusion.schedulers.base import Scheduler, StepOutput, alpha_bars
+
+VARIANCE_TYPES = ("fixed_small", "fixed_large")
+
+
+def posterior_mean_coefficients(a_t: float, a_prev: float) -> tuple[float, float]:
+    """Ho et al. 2020, eq. 7: mu = c_x0 * x0 + c_xt * x_t for the step t -> t_prev."""
+    beta = 1 - a_t / a_prev
+    c_x0 = a_prev**0.5 * beta / (1 - a_t)
+    c_xt = (1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)
+    return c_x0, c_xt
+
+
+def posterior_variance(a_t: float, a_prev: float, variance_type: str) -> float:
+    """fixed_small: beta-tilde = (1 - a_prev) / (1 - a_t) * beta (eq. 7); fixed_large: beta (section 3.2)."""
+    beta = 1 - a_t / a_prev
+    return beta if variance_type == "fixed_large" else (1 - a_prev) / (1 - a_t) * beta
+
+
+class DDPMScheduler(Scheduler):
+    def __init__(self, schedule, variance_type: str = "fixed_small", **kwargs):
+        super().__init__(schedule, **kwargs)
+        check_choice("variance type", variance_type, VARIANCE_TYPES)
+        self.variance_type = variance_type
+
+    def step(self, model_output, t, t_prev, x_t, *, eta=None, noise=None) -> StepOutput:
+        """`eta` is accepted for a uniform call signature and ignored (DDPM is always stochastic).
+        `noise` is the standard normal draw scaled by the posterior standard deviation; no noise
+        is added on the final step (t_prev = -1), as in Ho et al. Algorithm 2."""
+        a_t, a_prev = alpha_bars(self.schedule, t, t_prev)
+        pred_x0, pred_eps = self.predict_x0_eps(model_output, t, x_t)
+        c_x0, c_xt = posterior_mean_coefficients(a_t, a_prev)
+        prev_sample = c_x0 * pred_x0 + c_xt * x_t
+        if t_prev >= 0:
+            if noise is None:
+                noise = torch.randn_like(x_t)
+            prev_sample = prev_sample + posterior_variance(a_t, a_prev, self.variance_type) ** 0.5 * noise
+        return StepOutput(prev_sample=prev_sample, pred_x0=pred_x0, pred_eps=pred_eps)

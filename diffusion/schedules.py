@@ -1,0 +1,172 @@
+"""Noise schedules: the forward process q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
+
+A `NoiseSchedule` holds `betas` and `alphas_cumprod` (alpha-bar) in float64 for t = 0 .. T-1 and
+the small pure helpers everything else uses: the signal-to-noise ratio, `add_noise`, and the
+conversions between the three things a network may predict (epsilon, v, x0).
+
+    python -c "from diffusion.schedules import NoiseSchedule as S; print(S.from_name('cosine').snr(999))"
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from diffusion.errors import UserError, check_choice
+
+SCHEDULE_NAMES = ("linear", "scaled_linear", "cosine", "sigmoid")
+PREDICTION_TYPES = ("epsilon", "v", "x0")
+
+
+# ----------------------------------------------------------------------------------------------
+# Beta schedules: pure functions of the number of timesteps, all float64.
+
+
+def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """Ho et al. 2020: betas linear in t from 1e-4 to 0.02 (for T = 1000)."""
+    return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+
+
+def scaled_linear_betas(num_timesteps: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """Stable Diffusion (Rombach et al. 2022): linear in sqrt(beta)."""
+    return torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
+
+
+def betas_from_alpha_bar(alpha_bar, num_timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
+    """Discretise a continuous alpha_bar(s), s in [0, 1]: beta_t = 1 - alpha_bar((t+1)/T) / alpha_bar(t/T)."""
+    s = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    a = alpha_bar(s)
+    return (1 - a[1:] / a[:-1]).clamp(max=max_beta)
+
+
+def cosine_betas(num_timesteps: int, s: float = 0.008) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = cos^2((t/T + s) / (1 + s) * pi/2), betas capped at 0.999."""
+    return betas_from_alpha_bar(lambda u: torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2, num_timesteps)
+
+
+def sigmoid_betas(num_timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> torch.Tensor:
+    """Chen 2023 ("On the importance of noise scheduling"), Algorithm 1: alpha_bar follows a shifted sigmoid."""
+    v_start, v_end = torch.sigmoid(torch.tensor(start / tau)), torch.sigmoid(torch.tensor(end / tau))
+
+    def alpha_bar(u):
+        return (v_end - torch.sigmoid((u * (end - start) + start) / tau)) / (v_end - v_start)
+
+    # alpha_bar(1) = 0 exactly; the 0.999 cap keeps the last beta below 1 as for cosine.
+    return betas_from_alpha_bar(lambda u: alpha_bar(u).double(), num_timesteps)
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2024, Algorithm 1: shift and scale sqrt(alpha_bar) so that alpha_bar_T = 0 (SNR 0 at t = T)
+    while alpha_bar_0 is unchanged."""
+    sqrt_alpha_bar = torch.cumprod(1 - betas, dim=0).sqrt()
+    first, last = sqrt_alpha_bar[0].clone(), sqrt_alpha_bar[-1].clone()
+    sqrt_alpha_bar = (sqrt_alpha_bar - last) * first / (first - last)
+    alpha_bar = sqrt_alpha_bar**2
+    alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1 - alphas
+
+
+BETA_SCHEDULES = {
+    "linear": linear_betas,
+    "scaled_linear": scaled_linear_betas,
+    "cosine": cosine_betas,
+    "sigmoid": sigmoid_betas,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pure helpers.
+
+
+def expand_like(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-example values [B] (or a scalar) -> [B, 1, 1, ...] in x's dtype and device, to broadcast over x."""
+    values = values.to(device=x.device, dtype=x.dtype)
+    return values.reshape(values.shape + (1,) * (x.ndim - values.ndim))
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """betas and alpha-bar for t = 0 .. T-1, float64, on the CPU."""
+
+    betas: torch.Tensor  # [T]
+    name: str = "custom"
+    zero_terminal_snr: bool = False
+
+    @classmethod
+    def from_name(cls, name: str, num_timesteps: int = 1000, zero_terminal_snr: bool = False, **kwargs) -> "NoiseSchedule":
+        check_choice("noise schedule", name, SCHEDULE_NAMES)
+        if int(num_timesteps) < 2:
+            raise UserError(f"num_timesteps must be at least 2, got {num_timesteps}")
+        betas = BETA_SCHEDULES[name](int(num_timesteps), **kwargs)
+        if zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        return cls(betas=betas, name=name, zero_terminal_snr=bool(zero_terminal_snr))
+
+    def __post_init__(self):
+        object.__setattr__(self, "betas", self.betas.detach().to("cpu", torch.float64))
+        object.__setattr__(self, "alphas_cumprod", torch.cumprod(1 - self.betas, dim=0))
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.betas.shape[0]
+
+    def alpha_bar(self, t) -> torch.Tensor:
+        """alpha-bar at integer timesteps t (tensor or int); t = -1 means 'before step 0' (alpha-bar = 1)."""
+        t = torch.as_tensor(t, dtype=torch.long)
+        one = torch.ones((), dtype=torch.float64)
+        return torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0)], one)
+
+    def snr(self, t) -> torch.Tensor:
+        """SNR(t) = alpha_bar / (1 - alpha_bar) (Kingma et al. 2021)."""
+        a = self.alpha_bar(t)
+        return a / (1 - a)
+
+    def log_snr(self, t) -> torch.Tensor:
+        a = self.alpha_bar(t)
+        return torch.log(a) - torch.log1p(-a)
+
+    # q(x_t | x_0), Ho et al. 2020 eq. 4
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        sqrt_a, sqrt_1m_a = self._sqrt_alpha_bars(t, x0)
+        return sqrt_a * x0 + sqrt_1m_a * noise
+
+    # v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, section 4)
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        sqrt_a, sqrt_1m_a = self._sqrt_alpha_bars(t, x0)
+        return sqrt_a * noise - sqrt_1m_a * x0
+
+    def target(self, prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        """What a network of `prediction_type` should output for x_t = add_noise(x0, noise, t)."""
+        check_choice("prediction type", prediction_type, PREDICTION_TYPES)
+        if prediction_type == "epsilon":
+            return noise
+        if prediction_type == "x0":
+            return x0
+        return self.velocity(x0, noise, t)
+
+    def to_x0_eps(self, prediction_type: str, model_output: torch.Tensor, x_t: torch.Tensor, t):
+        """(pred_x0, pred_eps) from any parameterisation, using x_t = sqrt(a) x0 + sqrt(1-a) eps."""
+        check_choice("prediction type", prediction_type, PREDICTION_TYPES)
+        sqrt_a, sqrt_1m_a = self._sqrt_alpha_bars(t, x_t)
+        if prediction_type == "epsilon":
+            pred_eps = model_output
+            pred_x0 = (x_t - sqrt_1m_a * pred_eps) / sqrt_a
+        elif prediction_type == "x0":
+            pred_x0 = model_output
+            pred_eps = (x_t - sqrt_a * pred_x0) / sqrt_1m_a
+        else:  # v: since a + (1-a) = 1, x0 = sqrt(a) x_t - sqrt(1-a) v and eps = sqrt(1-a) x_t + sqrt(a) v
+            pred_x0 = sqrt_a * x_t - sqrt_1m_a * model_output
+            pred_eps = sqrt_1m_a * x_t + sqrt_a * model_output
+        return pred_x0, pred_eps
+
+    def from_x0_eps(self, prediction_type: str, pred_x0: torch.Tensor, pred_eps: torch.Tensor, t) -> torch.Tensor:
+        """The inverse of `to_x0_eps`: express (x0, eps) as a model output of `prediction_type`."""
+        return self.target(prediction_type, pred_x0, pred_eps, t)
+
+    def _sqrt_alpha_bars(self, t, x: torch.Tensor):
+        """(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) for an int or [B] tensor t, computed in float64
+        and then shaped and cast to broadcast over x."""
+        a = self.alpha_bar(torch.as_tensor(t).cpu())
+        return expand_like(a.sqrt(), x), expand_like((1 - a).sqrt(), x)
