@@ -58,7 +58,7 @@ def diffusion_loss(
 ) -> torch.Tensor:
     """Per-example weighted mean squared error [B] (mean over every non-batch dimension)."""
     target = schedule.target(prediction_type, x0, noise, t)
-    weight = loss_weight(schedule.snr(t.cpu()), prediction_type, weighting, min_snr_gamma)  # [B] float64
+    weight = loss_weight(schedule.snr(t), prediction_type, weighting, min_snr_gamma)  # [B] float64, on t's device
     squared_error = (model_output.float() - target.float()) ** 2
     per_example = squared_error.flatten(1).mean(dim=1)  # [B]
     return per_example * expand_like(weight, per_example)

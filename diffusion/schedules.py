@@ -113,10 +113,21 @@ class NoiseSchedule:
         return self.betas.shape[0]
 
     def alpha_bar(self, t) -> torch.Tensor:
-        """alpha-bar at integer timesteps t (tensor or int); t = -1 means 'before step 0' (alpha-bar = 1)."""
+        """alpha-bar at integer timesteps t (int, or a tensor on any device: the result stays on it, with
+        no host-device synchronisation); t = -1 means 'before step 0' (alpha-bar = 1)."""
         t = torch.as_tensor(t, dtype=torch.long)
-        one = torch.ones((), dtype=torch.float64)
-        return torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0)], one)
+        table = self._table(t.device)
+        return torch.where(t >= 0, table[t.clamp(min=0)], torch.ones((), dtype=table.dtype, device=t.device))
+
+    def _table(self, device: torch.device) -> torch.Tensor:
+        """alphas_cumprod on `device`, copied once per device (float32 where float64 is unsupported)."""
+        if device.type == "cpu":
+            return self.alphas_cumprod
+        cache = self.__dict__.setdefault("_device_tables", {})
+        if device not in cache:
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            cache[device] = self.alphas_cumprod.to(device, dtype)
+        return cache[device]
 
     def snr(self, t) -> torch.Tensor:
         """SNR(t) = alpha_bar / (1 - alpha_bar) (Kingma et al. 2021)."""
@@ -168,5 +179,5 @@ class NoiseSchedule:
     def _sqrt_alpha_bars(self, t, x: torch.Tensor):
         """(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) for an int or [B] tensor t, computed in float64
         and then shaped and cast to broadcast over x."""
-        a = self.alpha_bar(torch.as_tensor(t).cpu())
+        a = self.alpha_bar(t)
         return expand_like(a.sqrt(), x), expand_like((1 - a).sqrt(), x)

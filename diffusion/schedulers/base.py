@@ -99,6 +99,10 @@ class Scheduler:
                 pred_eps = (x_t - a**0.5 * pred_x0) / (1 - a) ** 0.5
         return pred_x0, pred_eps
 
+    def is_stochastic(self, eta) -> bool:
+        """Whether `step` consumes `noise` (so the loop must draw it)."""
+        return True
+
     def step(self, model_output, t, t_prev, x_t, *, eta=0.0, noise=None) -> StepOutput:
         raise NotImplementedError
 

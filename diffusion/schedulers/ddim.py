@@ -9,6 +9,9 @@ from diffusion.schedulers.base import Scheduler, StepOutput, alpha_bars
 
 
 class DDIMScheduler(Scheduler):
+    def is_stochastic(self, eta) -> bool:
+        return bool(eta)
+
     def step(self, model_output, t, t_prev, x_t, *, eta=0.0, noise=None) -> StepOutput:
         if not 0.0 <= eta:
             raise UserError(f"eta must be >= 0, got {eta}")

@@ -1,0 +1,100 @@
+"""What `train.py` and `sample.py` share around Hydra: user errors as one line, and prompts typed as in a shell.
+
+- A mistake a user can make (a bad override, a missing file, a value out of range) prints
+  ``error: <what was wrong and what to do>`` and exits with status 2, with no traceback.
+- Values that are free text or paths (`prompt="a red bird, facing left"`) are quoted for Hydra,
+  whose override grammar would otherwise read the comma as a sweep.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from pathlib import Path
+
+from diffusion.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# keys whose values are free text or file paths, never Hydra expressions
+FREE_TEXT_KEYS = ("prompt", "negative_prompt", "init_image", "ckpt", "out_dir", "resume", "dataset.path",
+                  "paths.data_dir", "prompts_file", "vae.ckpt")
+
+
+def quote_for_hydra(value: str) -> str:
+    """Wrap a free-text value in single quotes, escaping what Hydra's quoted strings treat specially."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def quote_free_text(argv: list[str]) -> list[str]:
+    """`prompt=a red bird, facing left` -> `prompt='a red bird, facing left'` (lists `[...]` and values
+    the user already quoted are left alone)."""
+    quoted = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        bare_key = key.lstrip("+~")
+        if sep and bare_key in FREE_TEXT_KEYS and value and value[0] not in "'\"[" and not value.startswith("${"):
+            arg = f"{key}={quote_for_hydra(value)}"
+        quoted.append(arg)
+    return quoted
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's multi-line composition errors, folded into one line that keeps the useful parts."""
+    text = str(error)
+    cause = error.__cause__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Available options" in text:
+        head = lines[0].replace("In 'train': ", "").replace("In 'sample': ", "")
+        options = [line for line in lines[lines.index(next(l for l in lines if l.startswith("Available options"))) + 1:]
+                   if not line.startswith("Config search path") and ":" not in line]
+        return f"{head}; available: {', '.join(options)}"
+    if lines and lines[0].startswith("Could not override"):
+        key = re.search(r"'([^']+)'", lines[0])
+        name = key.group(1) if key else "?"
+        return (f"unknown config key '{name}' (see the keys with --cfg job; add a new key with +{name}=...)")
+    if cause is not None and str(cause).strip():
+        return f"{lines[0] if lines else type(error).__name__} ({str(cause).strip().splitlines()[0]})"
+    return " ".join(lines)[:400] or type(error).__name__
+
+
+def check_overrides(config_name: str, overrides: list[str]) -> None:
+    """Compose the config once before Hydra runs, so that a bad override is one line, not a traceback."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(config_name=config_name, overrides=plain)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(one_line(error)) from None
+
+
+def run_user_command(main, config_name: str) -> None:
+    """Run a `@hydra.main` function with quoted free text, checked overrides and one-line user errors."""
+    argv = quote_free_text(sys.argv[1:])
+    flags = {"-m", "--multirun", "--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion",
+             "-sc", "--version", "--resolve", "-p", "--package", "--config-name", "-cn", "--config-path", "-cp",
+             "--config-dir", "-cd", "--experimental-rerun"}
+    try:
+        if not any(arg.split("=")[0] in flags for arg in argv):
+            check_overrides(config_name, argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0]] + argv
+    main()
+
+
+def report_user_errors(function):
+    """Decorator for the body of a `@hydra.main` function: a `UserError` becomes one line and exit status 2."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+    return wrapper

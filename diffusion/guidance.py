@@ -1,0 +1,38 @@
+"""Classifier-free guidance (Ho & Salimans 2021) as a wrapper around a denoiser.
+
+    output = uncond + scale * (cond - uncond)
+
+Both halves come from one batched forward pass over [x; x] with [uncond; cond]. The combination is
+applied to the raw model output: because pred_x0 and pred_eps are affine in the output for a fixed
+x_t, guiding epsilon, v or x0 outputs gives the same pred_x0 and pred_eps.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from diffusion.conditioning import Cond
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> model output
+
+
+def conditional(model, cond: Cond) -> Denoiser:
+    return lambda x_t, t: model(x_t, t, cond)
+
+
+def classifier_free_guidance(model, cond: Cond, uncond: Cond, scale: float) -> Denoiser:
+    """scale 1 is the plain conditional model (one pass); scale 0 the unconditional one."""
+    if scale == 1.0:
+        return conditional(model, cond)
+    if scale == 0.0:
+        return conditional(model, uncond)
+    both = Cond.cat([uncond, cond])
+
+    def denoise(x_t: torch.Tensor, t) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
+        out_uncond, out_cond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), both).chunk(2)
+        return out_uncond + scale * (out_cond - out_uncond)
+
+    return denoise

@@ -1,0 +1,99 @@
+"""The trainable whole: UNet + text encoder, called as `model(x_t, t, cond)`.
+
+`diffusion/` never imports a concrete network class: they are built from config through
+`diffusion.config.build`, which only builds this project's own classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffusion.conditioning import Cond
+from diffusion.config import build
+from diffusion.errors import UserError
+
+class DiffusionModel(nn.Module):
+    """UNet + optional text encoder, called as `model(x_t, t, cond)`; `encode` turns prompts into a `Cond`.
+
+    A frozen pretrained text encoder is held outside the module tree, so it is not trained, not
+    averaged by EMA and not written into checkpoints (its weights ship with its package).
+    """
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None = None, num_classes: int | None = None):
+        super().__init__()
+        self.unet = unet
+        self.num_classes = num_classes  # class-conditional when set; label `num_classes` means "no class"
+        if text_encoder is None or getattr(text_encoder, "trainable", True):
+            self.text_encoder = text_encoder
+            self._frozen_text = None
+        else:
+            self.text_encoder = None
+            self._frozen_text = [text_encoder]  # a list hides it from nn.Module's registration
+
+    @property
+    def text(self) -> nn.Module | None:
+        return self.text_encoder if self._frozen_text is None else self._frozen_text[0]
+
+    @property
+    def is_text_conditional(self) -> bool:
+        return self.text is not None
+
+    def to(self, *args, **kwargs):
+        if self._frozen_text is not None:
+            self._frozen_text[0].to(*args, **kwargs)
+        return super().to(*args, **kwargs)
+
+    def encode(self, prompts: list[str] | None = None, class_labels: torch.Tensor | None = None, device=None) -> Cond:
+        """Prompts (and/or class labels; None entries or -1 mean 'no class') -> the denoiser's conditioning."""
+        cond = Cond()
+        if self.is_text_conditional:
+            if prompts is None:
+                raise UserError("this model is text-conditional: give a prompt")
+            encoding = self.text.encode(list(prompts), device=device)
+            cond.context, cond.context_mask, cond.pooled = encoding.states, encoding.mask, encoding.pooled
+        if self.num_classes is not None:
+            n = len(prompts) if prompts is not None else len(class_labels)
+            if class_labels is None:
+                class_labels = torch.full((n,), -1)
+            class_labels = torch.as_tensor(class_labels).clone()
+            class_labels[class_labels < 0] = self.num_classes
+            cond.class_labels = class_labels.to(device)
+        return cond
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None, *,
+                prompts: list[str] | None = None, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser. Training passes raw `prompts` (and labels) instead of `cond`, so that the text
+        encoder runs inside this forward call and DistributedDataParallel sees its gradients too."""
+        if cond is None and (prompts is not None or class_labels is not None):
+            cond = self.encode(prompts, class_labels, device=x_t.device)
+        return self.unet(x_t, t, cond)
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def text_needs_vocabulary(text_cfg) -> bool:
+    return text_cfg is not None and text_cfg.get("_target_") == "models.text_encoder.TextEncoder"
+
+
+def build_diffusion_model(cfg, data_info: dict, vocabulary: list[str] | None) -> DiffusionModel:
+    """UNet (+ text encoder) from the `model`, `text` and `diffusion` config nodes; the values that follow
+    from the data (channels, classes, vocabulary, context width) are filled in here, not in YAML."""
+    text = None
+    if cfg.text is not None and cfg.text.get("_target_"):
+        fill = {"vocabulary": vocabulary} if text_needs_vocabulary(cfg.text) else {}
+        text = build(cfg.text, exclude=("min_count",), where="text", **fill)
+    num_classes = data_info.get("num_classes") if cfg.diffusion.get("class_conditional") else None
+    if cfg.diffusion.get("class_conditional") and not num_classes:
+        raise UserError("diffusion.class_conditional=true needs a dataset with class labels (e.g. dataset=cifar10)")
+    width = text.output_dim if text is not None else None
+    channels = data_info["shape"][0]  # 3 for pixels, the autoencoder's latent channels for latents
+    unet = build(cfg.model, where="model", in_channels=channels, out_channels=channels,
+                 context_dim=width, pooled_dim=width if cfg.diffusion.get("pooled_text", True) else None,
+                 num_classes=num_classes + 1 if num_classes else None)  # + 1: the "no class" label for guidance
+    return DiffusionModel(unet, text, num_classes)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

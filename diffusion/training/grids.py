@@ -1,0 +1,52 @@
+"""The EMA sample grid drawn every `trainer.sample_every` steps: fixed prompts and seeds, so grids
+from different steps show the same birds getting better."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from diffusion.config import build_scheduler
+from diffusion.pipeline import generate_images, image_grid, save_png
+from diffusion.schedules import NoiseSchedule
+
+
+def fixed_prompts(dataset, n: int) -> list[str]:
+    """The dataset's own sample prompts when it has them, else its first n distinct captions."""
+    if hasattr(dataset, "sample_prompts"):
+        return list(dataset.sample_prompts(n))
+    seen = []
+    for caption in dataset.all_captions():
+        if caption not in seen:
+            seen.append(caption)
+        if len(seen) == n:
+            break
+    return (seen * n)[:n] if seen else [""] * n
+
+
+class SampleGrid:
+    def __init__(self, cfg, dataset, space, run_dir: Path, device):
+        self.n = int(cfg.trainer.sample_num)
+        self.prompts = fixed_prompts(dataset, self.n)
+        num_classes = getattr(dataset, "num_classes", None)
+        self.labels = [i % num_classes for i in range(self.n)] if cfg.diffusion.class_conditional and num_classes else None
+        schedule = NoiseSchedule.from_name(**cfg.schedule)
+        self.scheduler = build_scheduler(cfg.sampler, schedule, cfg.diffusion.prediction_type)
+        self.steps, self.eta = int(cfg.sampler.steps), cfg.sampler.get("eta") or 0.0
+        self.guidance = float(cfg.trainer.get("sample_guidance", 3.0))
+        self.space, self.device = space, device
+        self.folder = Path(run_dir) / "samples"
+
+    def draw(self, model, step: int) -> Path:
+        was_training = model.training
+        model.eval()
+        images = generate_images(model, self.scheduler, self.prompts, list(range(self.n)),
+                                 shape=tuple(self.space.info["shape"]), steps=self.steps, eta=self.eta,
+                                 guidance_scale=self.guidance, class_labels=self.labels,
+                                 decode=self.space.decode, device=self.device)
+        model.train(was_training)
+        path = self.folder / f"step_{step:07d}.png"
+        save_png(image_grid(images), path, {"step": step, "prompts": self.prompts, "guidance_scale": self.guidance,
+                                              "steps": self.steps})
+        return path

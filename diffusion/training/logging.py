@@ -1,0 +1,53 @@
+"""metrics.jsonl (always), Weights & Biases (logger=wandb, offline by default), and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+class MetricsLogger:
+    """One JSON object per log step in `<run>/metrics.jsonl`; the same values to wandb when enabled."""
+
+    def __init__(self, run_dir: Path, cfg, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.wandb_run = None
+        if enabled and cfg.logger.get("wandb"):
+            self.wandb_run = start_wandb(run_dir, cfg)
+
+    def log(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **values}
+        with open(self.path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(values, step=step)
+
+    def log_image(self, step: int, key: str, path: Path) -> None:
+        if self.enabled and self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({key: wandb.Image(str(path))}, step=step)
+
+    def close(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def start_wandb(run_dir: Path, cfg):
+    """A wandb run that never prompts: offline needs no account; online needs WANDB_API_KEY or a login."""
+    import wandb
+
+    mode = cfg.logger.get("mode", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    settings = wandb.Settings(console="off", start_method="thread", silent=True, x_disable_stats=True)
+    return wandb.init(project=cfg.logger.get("project"), name=cfg.logger.get("name"), mode=mode,
+                      dir=str(run_dir), tags=list(cfg.logger.get("tags") or []),
+                      config=OmegaConf.to_container(cfg, resolve=True), settings=settings, reinit=True)

@@ -1,0 +1,239 @@
+"""`train(cfg)`: the training loop, read top to bottom: set up -> (resume) -> for each step: lr, micro-batches,
+clip, optimizer, EMA -> log / sample / checkpoint -> stop cleanly on a signal or at max_steps.
+
+    python train.py                                  # toy-birds, unet_tiny, CPU-sized
+    python train.py dataset=birds model=unet_small trainer.max_steps=50000
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from diffusion.errors import UserError, check_choice
+from diffusion.losses import diffusion_loss
+from diffusion.model import build_diffusion_model, count_parameters, text_needs_vocabulary
+from diffusion.schedules import NoiseSchedule
+from diffusion.training import checkpoint as ckpt
+from diffusion.training.data import batch_stream, build_dataset, data_info
+from diffusion.training.ema import EMA
+from diffusion.training.grids import SampleGrid
+from diffusion.training.logging import MetricsLogger
+from diffusion.training.optim import lr_at, make_optimizer
+from diffusion.training.resume import resolve_resume, restore_rng, rng_state
+from diffusion.training.runtime import autocast, close_processes, init_processes, step_generator
+from diffusion.training.signals import GracefulStop
+from models.text_encoder import Tokenizer
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def train(cfg) -> Path:
+    """Train as `cfg` says and return the final checkpoint's path."""
+    check_choice("task", cfg.task, ("diffusion", "vae"))
+    if cfg.task == "vae":
+        from diffusion.training.autoencoder import train_autoencoder
+
+        return train_autoencoder(cfg)
+    processes, device = init_processes(cfg.device)
+    try:
+        return train_diffusion(cfg, processes, device)
+    finally:
+        close_processes(processes)
+
+
+def validate(cfg) -> None:
+    trainer = cfg.trainer
+    for key in ("max_steps", "batch_size", "grad_accum", "log_every"):
+        if not isinstance(trainer[key], int) or trainer[key] < 1:
+            raise UserError(f"trainer.{key} must be a positive integer, got {trainer[key]!r}")
+    if not 0 <= cfg.diffusion.caption_dropout < 1:
+        raise UserError(f"diffusion.caption_dropout must be in [0, 1), got {cfg.diffusion.caption_dropout}")
+    if not cfg.optim.lr > 0:
+        raise UserError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+
+
+def train_diffusion(cfg, processes, device: torch.device) -> Path:
+    validate(cfg)
+    trainer = cfg.trainer
+    run_dir = Path(cfg.paths.output_dir)
+    checkpoint_dir = run_dir / "checkpoints"
+    resumed = resolve_resume(cfg, run_dir, kind="diffusion")
+
+    # data, and the space the model denoises (pixels, or an autoencoder's latents)
+    dataset = build_dataset(cfg, "train")
+    from diffusion.latent import prepare_space  # pixel space unless vae.ckpt is set
+
+    space = prepare_space(cfg, dataset, device, processes)
+    info = {**data_info(dataset), **space.info}
+    vocabulary = None
+    if text_needs_vocabulary(cfg.text):
+        vocabulary = (resumed["tokenizer"]["vocabulary"] if resumed else
+                      Tokenizer.from_captions(dataset.all_captions(), cfg.text.min_count).vocabulary)
+
+    # model, EMA, optimizer (built identically on every process from the same seed)
+    torch.manual_seed(cfg.seed)
+    model = build_diffusion_model(cfg, info, vocabulary).to(device)
+    memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    ema = EMA(model, trainer.ema_decay, trainer.ema_warmup)
+    optimizer = make_optimizer(model.parameters(), cfg.optim, device)
+    start_step = 0
+    if resumed:
+        start_step = load_training_state(resumed, model, ema, optimizer)
+    schedule = NoiseSchedule.from_name(**cfg.schedule)
+
+    forward = model
+    if processes.distributed:
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if trainer.compile:
+        forward = torch.compile(forward)
+
+    global_micro_batch = trainer.batch_size * processes.world_size
+    stream = space.batches(batch_stream(dataset, trainer.batch_size, cfg.seed,
+                                        start_step * global_micro_batch * trainer.grad_accum, processes.rank,
+                                        processes.world_size, trainer.num_workers, device.type == "cuda"))
+    logger = MetricsLogger(run_dir, cfg, enabled=processes.is_main)
+    grid = SampleGrid(cfg, dataset, space, run_dir, device) if processes.is_main else None
+    if processes.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"training {count_parameters(model.unet) / 1e6:.2f}M-parameter UNet"
+              + (f" + {count_parameters(model.text_encoder) / 1e6:.2f}M text encoder" if model.text_encoder else "")
+              + f" on {type(dataset).__name__} at {info['resolution']}px ({space.name}) on {device}; run: {run_dir}")
+
+    def save(step: int, periodic: bool) -> Path:
+        payload = training_state(cfg, model, ema, optimizer, step, info, vocabulary, space, processes)
+        if periodic:
+            ckpt.save_checkpoint(payload, checkpoint_dir / f"step_{step:07d}.ckpt")
+            ckpt.prune_checkpoints(checkpoint_dir, trainer.keep_last)
+        return ckpt.save_checkpoint(payload, checkpoint_dir / "last.ckpt")
+
+    nonfinite = torch.zeros((), device=device, dtype=torch.bool)  # read only at log/checkpoint steps: no sync per step
+    loss_sum = torch.zeros((), device=device)
+    last_log_time, last_log_step = time.time(), start_step
+    start_time, last_good = time.time(), None
+    bar = tqdm(total=trainer.max_steps, initial=start_step, desc="training", unit="step", disable=not processes.is_main,
+               dynamic_ncols=True)
+    model.train()
+    step = start_step
+    with GracefulStop() as stop:
+        while step < trainer.max_steps:
+            lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(trainer.grad_accum):
+                batch = next(stream)
+                sync = contextlib.nullcontext()
+                if processes.distributed and micro < trainer.grad_accum - 1:
+                    sync = forward.no_sync()  # average gradients once per optimizer step, not per micro-batch
+                with sync:
+                    loss = micro_batch_loss(forward, batch, schedule, cfg, processes, device, step, micro, memory_format)
+                    (loss / trainer.grad_accum).backward()
+                loss_sum += loss.detach()
+                nonfinite |= ~torch.isfinite(loss.detach())
+            if trainer.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(model, step)
+            step += 1
+            bar.update(1)
+
+            out_of_time = trainer.max_minutes is not None and time.time() - start_time > 60 * trainer.max_minutes
+            finishing = step == trainer.max_steps or stop.requested or out_of_time
+            if step % trainer.log_every == 0 or finishing:
+                if bool(nonfinite):
+                    raise diverged(step, last_good)
+                elapsed = time.time() - last_log_time
+                values = {"loss": loss_sum.item() / ((step - last_log_step) * trainer.grad_accum), "lr": lr,
+                          "images_per_s": (step - last_log_step) * global_micro_batch * trainer.grad_accum / max(elapsed, 1e-9),
+                          "elapsed_s": round(time.time() - start_time, 2)}
+                logger.log(step, values)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.1e}", img_s=f"{values['images_per_s']:.0f}")
+                loss_sum.zero_()
+                last_log_time, last_log_step = time.time(), step
+            if processes.is_main and not finishing and trainer.checkpoint_every and step % trainer.checkpoint_every == 0:
+                if bool(nonfinite):
+                    raise diverged(step, last_good)
+                last_good = save(step, periodic=True)
+            if processes.is_main and trainer.sample_every and step % trainer.sample_every == 0 and not finishing:
+                logger.log_image(step, "samples", grid.draw(ema.model, step))
+            if stop.requested or out_of_time:
+                reason = f"signal {stop.signal_name}" if stop.requested else f"trainer.max_minutes={trainer.max_minutes}"
+                bar.write(f"stopping at step {step} ({reason}); checkpoint saved, continue with resume=auto")
+                break
+    bar.close()
+    final = checkpoint_dir / "last.ckpt"
+    if processes.is_main:
+        final = save(step, periodic=False)
+        if not stop.requested:
+            logger.log_image(step, "samples", grid.draw(ema.model, step))
+        print(f"checkpoint: {final}")
+    logger.close()
+    return final
+
+
+def micro_batch_loss(forward, batch, schedule, cfg, processes, device, step, micro, memory_format) -> torch.Tensor:
+    """The mean loss of this process's share of one global micro-batch. Timesteps, noise and caption
+    dropout are drawn for the whole global micro-batch and sliced, so any number of processes (with
+    the same global batch) trains on exactly the same draws."""
+    x0 = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    size, world, rank = x0.shape[0], processes.world_size, processes.rank
+    mine = slice(rank * size, (rank + 1) * size)
+    cpu_random = step_generator(cfg.seed, step, micro, torch.device("cpu"))
+    device_random = cpu_random if device.type == "cpu" else step_generator(cfg.seed, step, micro, device)
+    t = torch.randint(0, schedule.num_timesteps, (size * world,), generator=cpu_random)[mine].to(device)
+    dropped = (torch.rand(size * world, generator=cpu_random) < cfg.diffusion.caption_dropout)[mine]
+    noise = torch.randn((size * world, *x0.shape[1:]), generator=device_random, device=device)[mine]
+    noise = noise.contiguous(memory_format=memory_format)
+    prompts = ["" if drop else text for text, drop in zip(batch["text"], dropped.tolist())]
+    labels = batch["label"].clone()
+    labels[dropped] = -1  # the "no class" label, dropped together with the caption
+    with autocast(device, cfg.trainer.precision):
+        x_t = schedule.add_noise(x0, noise, t)
+        output = forward(x_t, t, prompts=prompts, class_labels=labels)
+    return diffusion_loss(output, x0, noise, t, schedule, cfg.diffusion.prediction_type,
+                          cfg.diffusion.loss_weighting, cfg.diffusion.min_snr_gamma).mean()
+
+
+def diverged(step: int, last_good: Path | None) -> TrainingDiverged:
+    kept = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
+    return TrainingDiverged(f"the loss became NaN or infinite by step {step}; training stopped and {kept}; "
+                            f"try a lower optim.lr or trainer.grad_clip")
+
+
+def training_state(cfg, model, ema, optimizer, step, info, vocabulary, space, processes) -> dict:
+    """Everything a resumed run or `sample.py` needs, as tensors and plain Python values."""
+    return {
+        "kind": "diffusion",
+        "step": step,
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "tokenizer": {"vocabulary": list(vocabulary), "max_length": int(cfg.text.max_length)} if vocabulary else None,
+        "config": OmegaConf.to_yaml(cfg, resolve=True),
+        "data": info,
+        "autoencoder": space.reference,
+        "world_size": processes.world_size,
+    }
+
+
+def load_training_state(payload: dict, model, ema, optimizer) -> int:
+    try:
+        model.load_state_dict(payload["model"])
+        ema.load_state_dict(payload["ema"])
+    except RuntimeError as error:
+        raise UserError(f"the checkpoint to resume does not fit this model config ({str(error).splitlines()[0][:120]}); "
+                        f"resume with the config it was trained with") from None
+    optimizer.load_state_dict(payload["optimizer"])
+    restore_rng(payload.get("rng"))
+    return int(payload["step"])

@@ -1,0 +1,198 @@
+"""Building blocks of the UNet and the autoencoder, in plain PyTorch + einops.
+
+Shapes: images are [B, C, H, W]; token sequences [B, L, D]; a key padding mask is [B, L] bool with
+True for real tokens. Attention goes through `F.scaled_dot_product_attention`, which picks the
+flash / memory-efficient kernels on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters so that its residual branch starts as the identity (Ho et al. 2020's
+    output layer; Rombach et al.'s proj_out)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with 32 groups where the channels allow it (Wu & He 2018), fewer for small widths."""
+    groups = math.gcd(max_groups, channels)
+    return nn.GroupNorm(groups, channels, eps=1e-6 if groups == max_groups else 1e-5)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer sinusoids of the (integer or real) timestep (Vaswani et al. 2017; Ho et al. 2020): [B] -> [B, dim]."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * frequencies[None]  # (B, half)
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    return F.pad(embedding, (0, dim % 2))
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv -> (+ time/class embedding) -> GroupNorm -> SiLU -> dropout -> conv, plus a skip.
+
+    With `scale_shift` the embedding modulates the second normalisation as FiLM, h = norm(h) * (1 + scale) + shift
+    (Dhariwal & Nichol 2021); without it the embedding is added, as in Ho et al. 2020. `emb_dim=None` gives
+    the unconditional block the autoencoder uses.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int | None = None, dropout: float = 0.0,
+                 scale_shift: bool = True):
+        super().__init__()
+        self.scale_shift = scale_shift and emb_dim is not None
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb = None if emb_dim is None else nn.Linear(emb_dim, out_channels * (2 if self.scale_shift else 1))
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.emb is not None:
+            e = self.emb(F.silu(emb))[:, :, None, None]  # (B, C or 2C, 1, 1)
+            if self.scale_shift:
+                scale, shift = e.chunk(2, dim=1)
+                h = self.norm2(h) * (1 + scale) + shift
+            else:
+                h = self.norm2(h + e)
+        else:
+            h = self.norm2(h)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Halve H and W with a strided 3x3 convolution (Ho et al. 2020)."""
+
+    def __init__(self, channels: int, out_channels: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest-neighbour, then a 3x3 convolution (avoids checkerboard artefacts; Odena et al. 2016)."""
+
+    def __init__(self, channels: int, out_channels: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def attention(q, k, v, heads: int, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-head scaled dot-product attention on [B, N, heads*d] inputs; key_mask [B, L] is True for keys to keep."""
+    q, k, v = (rearrange(x, "b n (h d) -> b h n d", h=heads) for x in (q, k, v))
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L) broadcast over heads and queries
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return rearrange(out, "b h n d -> b n (h d)")
+
+
+class Attention(nn.Module):
+    """Self-attention (context=None) or cross-attention to `context` [B, L, context_dim]."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+        self.record_maps = False  # set by `diffusion.inspection` to keep the attention probabilities
+        self.last_maps = None
+
+    def forward(self, x, context=None, context_mask=None):
+        context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        if self.record_maps:
+            self.last_maps = attention_probabilities(q, k, self.heads, context_mask)
+        return self.to_out(attention(q, k, v, self.heads, context_mask))
+
+
+def attention_probabilities(q, k, heads: int, key_mask=None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) averaged over heads: [B, N, L] (for inspection; the forward pass uses SDPA)."""
+    q, k = (rearrange(x, "b n (h d) -> b h n d", h=heads) for x in (q, k))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    return scores.softmax(dim=-1).mean(dim=1).detach()
+
+
+class FeedForward(nn.Module):
+    """GEGLU MLP (Shazeer 2020), as in latent diffusion's transformer blocks."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.proj_in = nn.Linear(dim, dim * mult * 2)
+        self.dropout = nn.Dropout(dropout)
+        self.proj_out = nn.Linear(dim * mult, dim)
+
+    def forward(self, x):
+        h, gate = self.proj_in(x).chunk(2, dim=-1)
+        return self.proj_out(self.dropout(h * F.gelu(gate)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention -> cross-attention -> MLP, each a residual (Rombach et al. 2022, section 3.3)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2, self.cross_attn = nn.LayerNorm(dim), Attention(dim, heads, context_dim)
+        self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, dropout=dropout)
+
+    def forward(self, x, context, context_mask=None):  # x: (B, N, D) with N = H * W
+        x = x + self.self_attn(self.norm1(x))
+        x = x + self.cross_attn(self.norm2(x), context, context_mask)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Image features attend to themselves and to text: GroupNorm -> 1x1 in -> TransformerBlock -> 1x1 out (zero) + x."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.block = TransformerBlock(channels, heads, context_dim, dropout)
+        self.proj_out = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x, context, context_mask=None):
+        _, _, height, width = x.shape
+        h = rearrange(self.proj_in(self.norm(x)), "b c y x -> b (y x) c")
+        h = self.block(h, context, context_mask)
+        h = rearrange(h, "b (y x) c -> b c y x", y=height, x=width)
+        return x + self.proj_out(h)
+
+
+class SelfAttention2d(nn.Module):
+    """The attention block of Ho et al. 2020 for unconditional and class-conditional networks:
+    GroupNorm -> q, k, v (1x1) -> attention over the H*W positions -> 1x1 out (zero) + x."""
+
+    def __init__(self, channels: int, heads: int = 1):
+        super().__init__()
+        self.heads = heads
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, channels * 3, 1)
+        self.proj_out = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x, context=None, context_mask=None):
+        _, _, height, width = x.shape
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b c y x -> b (y x) c").chunk(3, dim=-1)
+        h = rearrange(attention(q, k, v, self.heads), "b (y x) c -> b c y x", y=height, x=width)
+        return x + self.proj_out(h)

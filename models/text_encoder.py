@@ -1,0 +1,146 @@
+"""Prompt -> what the UNet attends to: a word-level tokenizer and a small pre-norm transformer encoder.
+
+The tokenizer's vocabulary is built from the training captions and stored in checkpoints as a
+plain list of strings, so a checkpoint alone can encode new prompts. Ids 0-3 are special:
+<pad> <bos> <eos> <unk>. The empty prompt encodes to [<bos>, <eos>]: the unconditional input
+for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.layers import attention
+
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+PAD, BOS, EOS, UNK = range(4)
+WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[,.;:!?]")
+
+
+def split_words(text: str) -> list[str]:
+    """Lower-case words and punctuation marks: "A red bird, facing left" -> [a, red, bird, ",", facing, left]."""
+    return WORD.findall(text.lower())
+
+
+class Tokenizer:
+    """Word-level tokenizer over a fixed vocabulary; unknown words map to <unk>."""
+
+    def __init__(self, vocabulary: list[str], max_length: int = 64):
+        if list(vocabulary[:4]) != SPECIAL_TOKENS:
+            raise ValueError(f"a vocabulary must start with {SPECIAL_TOKENS}")
+        self.vocabulary = list(vocabulary)
+        self.max_length = max_length  # including <bos> and <eos>
+        self.index = {word: i for i, word in enumerate(self.vocabulary)}
+
+    @classmethod
+    def from_captions(cls, captions, min_count: int = 1, max_length: int = 64) -> "Tokenizer":
+        """Every word seen at least `min_count` times, most frequent first (ties alphabetical)."""
+        counts = Counter(word for caption in captions for word in split_words(caption))
+        words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+        return cls(SPECIAL_TOKENS + words, max_length)
+
+    def __len__(self) -> int:
+        return len(self.vocabulary)
+
+    def state_dict(self) -> dict:
+        """Plain lists and ints: safe inside a `weights_only` checkpoint."""
+        return {"vocabulary": list(self.vocabulary), "max_length": int(self.max_length)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Tokenizer":
+        return cls(list(state["vocabulary"]), int(state["max_length"]))
+
+    def encode_one(self, text: str) -> list[int]:
+        words = split_words(text)
+        room = self.max_length - 2
+        if len(words) > room:
+            warnings.warn(f"prompt has {len(words)} words; the text encoder reads at most {room}, "
+                          f"so the last {len(words) - room} were dropped: {text[:60]!r}...", stacklevel=3)
+            words = words[:room]
+        return [BOS] + [self.index.get(w, UNK) for w in words] + [EOS]
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids [B, L] padded to the longest prompt, and the mask [B, L] (True for real tokens)."""
+        encoded = [self.encode_one(t) for t in texts]
+        length = max(len(e) for e in encoded)
+        ids = torch.full((len(texts), length), PAD, dtype=torch.long)
+        for row, tokens in enumerate(encoded):
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+        return ids, ids != PAD
+
+
+@dataclass
+class TextEncoding:
+    states: torch.Tensor  # [B, L, D] per-token states: the UNet's cross-attention context
+    mask: torch.Tensor  # [B, L] True for real tokens
+    pooled: torch.Tensor  # [B, D] mean of the real tokens' states
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer layer (Xiong et al. 2020): x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.attn_out = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, mask):  # x: (B, L, D), mask: (B, L)
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        x = x + self.dropout(self.attn_out(attention(q, k, v, self.heads, mask)))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class TextEncoder(nn.Module):
+    """Prompts -> per-token states, trained from scratch together with the UNet."""
+
+    trainable = True  # trained with the UNet and stored in checkpoints (unlike a frozen pretrained encoder)
+
+    def __init__(
+        self,
+        vocabulary: list[str],  # filled in by code: built from the training captions, or read from a checkpoint
+        width: int = 128,  # the states' width D (= the UNet's context_dim)
+        depth: int = 2,  # transformer layers
+        heads: int = 4,
+        max_length: int = 64,  # positions, including <bos> and <eos>; longer prompts are truncated with a warning
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.tokenizer = Tokenizer(list(vocabulary), max_length)
+        self.width = width
+        self.token_embedding = nn.Embedding(len(self.tokenizer), width)
+        self.position_embedding = nn.Parameter(torch.randn(max_length, width) * 0.02)
+        self.layers = nn.ModuleList(EncoderLayer(width, heads, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+
+    @property
+    def output_dim(self) -> int:
+        return self.width
+
+    def encode(self, prompts: list[str], device=None) -> TextEncoding:
+        ids, mask = self.tokenizer(list(prompts))
+        return self(ids.to(device), mask.to(device))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> TextEncoding:
+        x = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]  # (B, L, D)
+        for layer in self.layers:
+            x = layer(x, mask)
+        x = self.norm(x)
+        return TextEncoding(states=x, mask=mask, pooled=masked_mean(x, mask))
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the real tokens: [B, L, D], [B, L] -> [B, D]."""
+    weights = mask.to(states.dtype)[..., None]  # (B, L, 1)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+

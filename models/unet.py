@@ -1,0 +1,157 @@
+"""The denoiser: a UNet over images or latents (Ronneberger et al. 2015; Ho et al. 2020; Rombach et al. 2022).
+
+Called as `model(x_t, t, cond)`, where `cond` is a mapping or an object with optional fields
+`context` [B, L, context_dim] (token states to cross-attend to), `context_mask` [B, L] (True for real
+tokens), `pooled` [B, pooled_dim] (a sentence vector added to the time embedding) and
+`class_labels` [B] (int). The same class is unconditional (none of them), class-conditional
+(`num_classes`) or text-conditional (`context_dim`).
+
+Shape walk for unet_tiny at 32x32 (base 32, mult 1-2-2):
+    x (B,3,32,32) -> conv_in (B,32,32,32) -> level 0 (B,32,32,32) -> down (B,32,16,16)
+    -> level 1 (B,64,16,16) -> down (B,64,8,8) -> level 2 (B,64,8,8) -> middle -> up path mirrored with skips
+    -> out (B,3,32,32)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from models.layers import (Downsample, ResBlock, SelfAttention2d, SpatialTransformer, Upsample, group_norm,
+                           timestep_embedding, zero_init)
+
+
+def cond_field(cond, name: str):
+    """Read an optional conditioning field from a dict, a dataclass, or None."""
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return cond.get(name)
+    return getattr(cond, name, None)
+
+
+class UNet(nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 3,  # 3 for pixels, the autoencoder's latent channels for latents
+        out_channels: int | None = None,  # defaults to in_channels (epsilon, v and x0 all have the input's shape)
+        base_channels: int = 64,  # width of the first level
+        channel_mult: tuple = (1, 2, 2),  # width of level i = base_channels * channel_mult[i]
+        num_res_blocks: int = 2,  # residual blocks per level on the way down (one more on the way up)
+        attention_levels: tuple = (1, 2),  # levels (0 = full resolution) with attention; the middle always has it
+        num_heads: int | None = None,  # attention heads; or give head_dim instead
+        head_dim: int | None = 32,  # channels per head (heads = width // head_dim) when num_heads is None
+        dropout: float = 0.0,
+        context_dim: int | None = None,  # width of the text states; None: no cross-attention
+        pooled_dim: int | None = None,  # width of a pooled text vector added to the time embedding
+        num_classes: int | None = None,  # class-conditional when set
+        scale_shift: bool = True,  # FiLM time conditioning (Dhariwal & Nichol 2021); False = additive (Ho et al.)
+        gradient_checkpointing: bool = False,  # recompute block activations in backward to save memory
+    ):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        channel_mult = tuple(channel_mult)
+        attention_levels = tuple(attention_levels)
+        if any(not 0 <= level < len(channel_mult) for level in attention_levels):
+            raise ValueError(f"attention_levels {attention_levels} must be in [0, {len(channel_mult)})")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.downsampling = 2 ** (len(channel_mult) - 1)
+        self.context_dim = context_dim
+        self.gradient_checkpointing = gradient_checkpointing
+        emb_dim = base_channels * 4
+
+        self.time_embed = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes else None
+        self.pooled_embed = (nn.Sequential(nn.Linear(pooled_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                             if pooled_dim else None)
+
+        def heads_for(width: int) -> int:
+            return num_heads or max(1, width // head_dim)
+
+        def attention_block(width: int) -> nn.Module:
+            if context_dim is None:
+                return SelfAttention2d(width, heads_for(width))
+            return SpatialTransformer(width, heads_for(width), context_dim, dropout)
+
+        def res_block(c_in: int, c_out: int) -> ResBlock:
+            return ResBlock(c_in, c_out, emb_dim, dropout, scale_shift)
+
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        # Down path: every block's output is kept as a skip for the up path.
+        self.down = nn.ModuleList()
+        widths = [base_channels * m for m in channel_mult]
+        skip_widths, width = [base_channels], base_channels
+        for level, level_width in enumerate(widths):
+            for _ in range(num_res_blocks):
+                self.down.append(UNetStage(res_block(width, level_width),
+                                           attention_block(level_width) if level in attention_levels else None))
+                width = level_width
+                skip_widths.append(width)
+            if level < len(widths) - 1:
+                self.down.append(UNetStage(Downsample(width)))
+                skip_widths.append(width)
+
+        self.middle = nn.ModuleList([UNetStage(res_block(width, width), attention_block(width)),
+                                     UNetStage(res_block(width, width))])
+
+        # Up path: num_res_blocks + 1 blocks per level, each eating one skip.
+        self.up = nn.ModuleList()
+        for level, level_width in reversed(list(enumerate(widths))):
+            for block in range(num_res_blocks + 1):
+                self.up.append(UNetStage(res_block(width + skip_widths.pop(), level_width),
+                                         attention_block(level_width) if level in attention_levels else None,
+                                         Upsample(level_width) if level > 0 and block == num_res_blocks else None))
+                width = level_width
+
+        self.norm_out = group_norm(width)
+        self.conv_out = zero_init(nn.Conv2d(width, out_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        if height % self.downsampling or width % self.downsampling:
+            raise ValueError(f"input {height}x{width} is not divisible by the UNet's total downsampling "
+                             f"{self.downsampling}; use a resolution that is a multiple of {self.downsampling}")
+        t = torch.as_tensor(t, device=x.device)
+        t = t.expand(batch) if t.ndim == 0 else t
+        emb = self.time_embed(timestep_embedding(t, self.time_embed[0].in_features).to(x.dtype))
+        if self.class_embed is not None:
+            emb = emb + self.class_embed(cond_field(cond, "class_labels"))
+        if self.pooled_embed is not None:
+            emb = emb + self.pooled_embed(cond_field(cond, "pooled"))
+        context, context_mask = cond_field(cond, "context"), cond_field(cond, "context_mask")
+        if self.context_dim is not None and context is None:
+            raise ValueError("this UNet is text-conditional: pass cond with `context` [B, L, context_dim]")
+
+        h = self.conv_in(x)
+        skips = [h]
+        for stage in self.down:
+            h = self._run(stage, h, emb, context, context_mask)
+            skips.append(h)
+        for stage in self.middle:
+            h = self._run(stage, h, emb, context, context_mask)
+        for stage in self.up:
+            h = self._run(stage, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+        return self.conv_out(torch.nn.functional.silu(self.norm_out(h)))
+
+    def _run(self, stage, h, emb, context, context_mask):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, h, emb, context, context_mask, use_reentrant=False)
+        return stage(h, emb, context, context_mask)
+
+
+class UNetStage(nn.Module):
+    """One step of the UNet: a residual block or a resampler, then optional attention and upsampling."""
+
+    def __init__(self, block: nn.Module, attention: nn.Module | None = None, upsample: nn.Module | None = None):
+        super().__init__()
+        self.block, self.attention, self.upsample = block, attention, upsample
+
+    def forward(self, h, emb, context=None, context_mask=None):
+        h = self.block(h, emb) if isinstance(self.block, ResBlock) else self.block(h)
+        if self.attention is not None:
+            h = self.attention(h, context, context_mask)
+        if self.upsample is not None:
+            h = self.upsample(h)
+        return h
