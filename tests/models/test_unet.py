@@ -1,0 +1,135 @@
+"""The UNet: shapes for every config, the DDPM parameter count, gradients, masks, and that it learns."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from diffusion.config import build
+from diffusion.schedules import NoiseSchedule
+from models.layers import timestep_embedding
+from models.unet import UNet
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
+
+
+def unet_from_config(name: str, **fill) -> UNet:
+    return build(OmegaConf.load(CONF / f"{name}.yaml"), **fill)
+
+
+def unzero(net: UNet) -> UNet:
+    """Undo the zero inits (output and residual branches) so that every path carries signal in a test."""
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=0.05)
+    return net
+
+
+def text_cond(batch: int, length: int = 5, width: int = 32, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {"context": torch.randn(batch, length, width, generator=gen),
+            "context_mask": torch.ones(batch, length, dtype=torch.bool),
+            "pooled": torch.randn(batch, width, generator=gen)}
+
+
+@pytest.mark.parametrize("name", ["unet_tiny", "unet_small", "unet_base"])
+@pytest.mark.parametrize("channels,resolutions", [(3, (32, 16)), (4, (8, 16))])
+def test_output_shape_for_every_config(name, channels, resolutions):
+    net = unet_from_config(name, in_channels=channels, out_channels=channels, context_dim=32, pooled_dim=32)
+    for resolution in resolutions:
+        x = torch.randn(2, channels, resolution, resolution)
+        with torch.no_grad():
+            assert net(x, torch.tensor([3, 700]), text_cond(2)).shape == x.shape
+
+
+def test_indivisible_resolution_is_a_clear_error():
+    net = unet_from_config("unet_tiny", in_channels=3, out_channels=3)
+    with pytest.raises(ValueError, match="30x30 is not divisible by the UNet's total downsampling 4"):
+        net(torch.randn(1, 3, 30, 30), torch.tensor([0]))
+
+
+def test_unet_base_has_the_ddpm_cifar10_parameter_count():
+    net = unet_from_config("unet_base", in_channels=3, out_channels=3)
+    count = sum(p.numel() for p in net.parameters())
+    assert abs(count - 35.7e6) / 35.7e6 < 0.01, count  # Ho et al. 2020 report 35.7M
+
+
+def test_output_layer_is_zero_initialised():
+    net = UNet(3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=16)
+    assert torch.count_nonzero(net(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]))) == 0
+
+
+def test_unconditional_and_class_conditional_from_the_same_class():
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 500])
+    plain = UNet(3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=16)
+    assert plain(x, t).shape == x.shape
+    by_class = unzero(UNet(3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=16,
+                           num_classes=10))
+    a = by_class(x, t, {"class_labels": torch.tensor([1, 1])})
+    b = by_class(x, t, {"class_labels": torch.tensor([1, 2])})
+    assert torch.allclose(a[0], b[0]) and not torch.allclose(a[1], b[1])
+
+
+def small_text_unet(**kwargs) -> UNet:
+    torch.manual_seed(0)
+    return unzero(UNet(3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(0, 1), head_dim=8,
+                       context_dim=32, pooled_dim=32, **kwargs))
+
+
+def test_every_parameter_gets_a_gradient_and_checkpointing_gives_the_same_ones():
+    x, t, cond = torch.randn(2, 3, 16, 16), torch.tensor([10, 900]), text_cond(2)
+    grads = {}
+    for checkpointing in (False, True):
+        net = small_text_unet(gradient_checkpointing=checkpointing).train()
+        net(x, t, cond).square().mean().backward()
+        missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+        assert not missing, missing
+        grads[checkpointing] = {n: p.grad.clone() for n, p in net.named_parameters()}
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, atol=1e-5, rtol=1e-4)
+
+
+def test_padding_tokens_are_masked_and_prompts_matter():
+    net = small_text_unet().eval()
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([300])
+    cond = text_cond(1, length=4)
+    padded = {"context": torch.cat([cond["context"], torch.randn(1, 3, 32) * 10], dim=1),
+              "context_mask": torch.cat([cond["context_mask"], torch.zeros(1, 3, dtype=torch.bool)], dim=1),
+              "pooled": cond["pooled"]}
+    with torch.no_grad():
+        out = net(x, t, cond)
+        torch.testing.assert_close(net(x, t, padded), out, atol=1e-5, rtol=1e-5)
+        other = text_cond(1, length=4, seed=1)
+        assert (net(x, t, other) - out).abs().max() > 1e-3
+        torch.testing.assert_close(net(x, t, cond), out)  # deterministic
+
+
+def test_timestep_embedding_is_the_transformer_sinusoid():
+    emb = timestep_embedding(torch.tensor([0.0, 10.0]), 8)
+    assert emb.shape == (2, 8)
+    torch.testing.assert_close(emb[0], torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0]))
+    torch.testing.assert_close(emb[1, 0], torch.cos(torch.tensor(10.0)))
+
+
+def test_the_network_learns_a_fixed_batch():
+    """A broken block (a wrong skip, a dead attention) would not fit 8 images in a few hundred steps."""
+    torch.manual_seed(0)
+    schedule = NoiseSchedule.from_name("cosine")
+    net = UNet(3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=16,
+               context_dim=16, pooled_dim=16)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(8, 3, 16, 16, generator=gen).clamp(-1, 1)
+    cond = text_cond(8, width=16)
+    noise = torch.randn(8, 3, 16, 16, generator=gen)
+    t = torch.linspace(50, 950, 8).long()
+    x_t = schedule.add_noise(x0, noise, t)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(300):
+        loss = (net(x_t, t, cond) - noise).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])

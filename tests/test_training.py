@@ -1,0 +1,140 @@
+"""The main job end to end on tiny configs: train -> sample (text and image), exact resume, safe checkpoints."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from diffusion.errors import UserError
+from diffusion.pipeline import read_png_metadata
+from diffusion.training import checkpoint as ckpt
+from diffusion.training import loop, train
+from tiny import run_script, tiny_train_cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One tiny run shared by the tests of this file."""
+    run = tmp_path_factory.mktemp("run")
+    path = train(tiny_train_cfg(run, "trainer.max_steps=4", "trainer.sample_every=2"))
+    return path
+
+
+def test_run_directory_has_checkpoints_samples_and_metrics(trained):
+    run = trained.parent.parent
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")] == ["step_0000002.ckpt"]
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(r["loss"] > 0 and r["images_per_s"] > 0 and "lr" in r for r in records)
+    payload = ckpt.load_checkpoint(trained)
+    assert payload["step"] == 4 and payload["kind"] == "diffusion" and payload["tokenizer"]["vocabulary"][:2] == ["<pad>", "<bos>"]
+    assert "model:" in payload["config"] and payload["data"]["shape"] == [3, 16, 16]
+
+
+def test_sample_text_to_image_and_image_to_image_from_the_command_line(trained, tmp_path):
+    out = tmp_path / "t2i"
+    result = run_script("sample.py", f"ckpt={trained}", "prompt=a red bird, facing left", "num_images=3", "batch_size=2",
+                        "steps=3", "seed=10", f"out_dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    files = sorted(p.name for p in out.glob("*.png"))
+    assert files == ["0000_seed10.png", "0001_seed11.png", "0002_seed12.png", "grid.png"]
+    meta = read_png_metadata(out / "0001_seed11.png")
+    assert meta["prompt"] == "a red bird, facing left" and meta["seed"] == 11 and meta["steps"] == 3
+    assert Image.open(out / "0001_seed11.png").size == (16, 16)
+
+    # the second image of that batch, alone, from its recorded seed: the same pixels
+    alone = tmp_path / "alone"
+    result = run_script("sample.py", f"ckpt={trained}", "prompt=a red bird, facing left", "num_images=1",
+                        f"seed={meta['seed']}", "steps=3", f"out_dir={alone}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert list(Image.open(alone / "0000_seed11.png").getdata()) == list(Image.open(out / "0001_seed11.png").getdata())
+
+    # image-to-image from an RGBA picture of another size
+    init = tmp_path / "init.png"
+    Image.new("RGBA", (40, 30), (200, 20, 20, 128)).save(init)
+    i2i = tmp_path / "i2i"
+    result = run_script("sample.py", f"ckpt={trained}", "prompt=a blue duck", f"init_image={init}", "strength=0.5",
+                        "num_images=2", "steps=4", f"out_dir={i2i}", "sampler=ddpm", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    meta = read_png_metadata(i2i / "0000_seed0.png")
+    assert meta["init_image"] == str(init) and meta["strength"] == 0.5 and meta["sampler"] == "DDPMScheduler"
+    assert (i2i / "grid.png").is_file()
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    straight = train(tiny_train_cfg(tmp_path / "straight", "trainer.max_steps=6", "trainer.checkpoint_every=3"))
+    half = train(tiny_train_cfg(tmp_path / "half", "trainer.max_steps=3"))
+    resumed = train(tiny_train_cfg(tmp_path / "resumed", "trainer.max_steps=6", f"resume={half}"))
+    a, b = ckpt.load_checkpoint(straight), ckpt.load_checkpoint(resumed)
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema"):
+        for name in a[key]:
+            torch.testing.assert_close(b[key][name], a[key][name], atol=1e-6, rtol=0, msg=f"{key}.{name}")
+
+
+def test_resume_auto_finds_the_newest_loadable_checkpoint(tmp_path):
+    runs = tmp_path / "outputs" / "2026-01-01"
+    first = train(tiny_train_cfg(runs / "10-00-00", "trainer.max_steps=2"))
+    (runs / "10-00-01" / "checkpoints").mkdir(parents=True)
+    (runs / "10-00-01" / "checkpoints" / "last.ckpt").write_bytes(b"half a file")  # a newer, broken one
+    resumed = train(tiny_train_cfg(runs / "10-00-02", "trainer.max_steps=4", "resume=auto"))
+    assert ckpt.load_checkpoint(resumed)["step"] == 4
+    assert ckpt.load_checkpoint(first)["step"] == 2
+
+
+def test_a_save_killed_midway_never_replaces_the_good_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    ckpt.save_checkpoint({"kind": "diffusion", "step": 1, "w": torch.ones(3)}, path)
+
+    def dies_while_writing(payload, file):
+        file.write(b"partial bytes")
+        raise KeyboardInterrupt  # the process is interrupted in the middle of writing
+
+    monkeypatch.setattr(ckpt.torch, "save", dies_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint({"kind": "diffusion", "step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(path)["step"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss = loop.diffusion_loss
+    calls = {"n": 0}
+
+    def loss_that_explodes(*args, **kwargs):
+        calls["n"] += 1
+        value = real_loss(*args, **kwargs)
+        return value * float("nan") if calls["n"] > 3 else value
+
+    monkeypatch.setattr(loop, "diffusion_loss", loss_that_explodes)
+    with pytest.raises(UserError, match=r"NaN or infinite by step 4; .*last good checkpoint is .*last.ckpt \(step 2\)"):
+        train(tiny_train_cfg(tmp_path, "trainer.max_steps=6", "trainer.log_every=2"))
+    assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["step"] == 2
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_zero(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tiny import ROOT, TINY_TRAIN
+
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY_TRAIN, "trainer.max_steps=100000",
+                                "trainer.checkpoint_every=0", f"hydra.run.dir={tmp_path}"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "stopping at step" in err
+    step = ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["step"]
+    assert 2 <= step < 100000

@@ -1,0 +1,37 @@
+"""Tiny versions of the real configs, for tests that run the real code paths in seconds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+TINY_TRAIN = [
+    "dataset.resolution=16",
+    "model.base_channels=8", "model.channel_mult=[1,2]", "model.attention_levels=[1]", "model.head_dim=8",
+    "text.width=16", "text.depth=1", "text.heads=2",
+    "trainer.batch_size=4", "trainer.max_steps=4", "trainer.num_workers=0", "trainer.log_every=2",
+    "trainer.sample_every=0", "trainer.sample_num=2", "trainer.checkpoint_every=2", "trainer.channels_last=false",
+    "sampler.steps=2", "optim.warmup_steps=2", "device=cpu",
+]
+
+
+def tiny_train_cfg(output_dir: Path, *overrides: str, config_name: str = "train"):
+    """The real `train` config, shrunk, writing to `output_dir`."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name,
+                       overrides=[*TINY_TRAIN, f"paths.output_dir={output_dir}", "paths.data_dir=" + str(output_dir / "data"),
+                                  *overrides])
+
+
+def run_script(script: str, *args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run train.py / sample.py / python -m ... as a user would, in `cwd`."""
+    command = [sys.executable, str(ROOT / script), *args] if script.endswith(".py") else [sys.executable, "-m", script, *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline"}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
