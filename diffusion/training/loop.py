@@ -18,9 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from diffusion.errors import UserError, check_choice
-from diffusion.losses import diffusion_loss
+from diffusion.losses import WEIGHTINGS, diffusion_loss
 from diffusion.model import build_diffusion_model, count_parameters, text_needs_vocabulary
-from diffusion.schedules import NoiseSchedule
+from diffusion.schedules import PREDICTION_TYPES, NoiseSchedule
 from diffusion.training import checkpoint as ckpt
 from diffusion.training.data import batch_stream, build_dataset, data_info
 from diffusion.training.ema import EMA
@@ -58,8 +58,12 @@ def validate(cfg) -> None:
             raise UserError(f"trainer.{key} must be a positive integer, got {trainer[key]!r}")
     if not 0 <= cfg.diffusion.caption_dropout < 1:
         raise UserError(f"diffusion.caption_dropout must be in [0, 1), got {cfg.diffusion.caption_dropout}")
-    if not cfg.optim.lr > 0:
-        raise UserError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if not isinstance(cfg.optim.lr, (int, float)) or not cfg.optim.lr > 0:
+        raise UserError(f"optim.lr must be a number > 0, got {cfg.optim.lr!r}")
+    check_choice("diffusion.prediction_type", cfg.diffusion.prediction_type, PREDICTION_TYPES)
+    check_choice("diffusion.loss_weighting", cfg.diffusion.loss_weighting, WEIGHTINGS)
+    check_choice("trainer.precision", trainer.precision, ("auto", "fp32", "bf16"))
+    check_choice("logger.mode", cfg.logger.get("mode", "offline"), ("offline", "online", "disabled"))
 
 
 def train_diffusion(cfg, processes, device: torch.device) -> Path:
@@ -83,6 +87,9 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     # model, EMA, optimizer (built identically on every process from the same seed)
     torch.manual_seed(cfg.seed)
     model = build_diffusion_model(cfg, info, vocabulary).to(device)
+    if info["shape"][1] % model.unet.downsampling:
+        raise UserError(f"the model's input is {info['shape'][1]}px, which its UNet cannot halve {len(cfg.model.channel_mult) - 1} "
+                        f"times; use a resolution divisible by {model.unet.downsampling} (dataset.resolution)")
     memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     ema = EMA(model, trainer.ema_decay, trainer.ema_warmup)
@@ -125,7 +132,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
                dynamic_ncols=True)
     model.train()
     step = start_step
-    with GracefulStop() as stop:
+    with GracefulStop() as stop, bar:
         while step < trainer.max_steps:
             lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -171,7 +178,6 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
                 reason = f"signal {stop.signal_name}" if stop.requested else f"trainer.max_minutes={trainer.max_minutes}"
                 bar.write(f"stopping at step {step} ({reason}); checkpoint saved, continue with resume=auto", file=sys.stderr)
                 break
-    bar.close()
     final = checkpoint_dir / "last.ckpt"
     if processes.is_main:
         final = save(step, periodic=False)

@@ -1,0 +1,148 @@
+"""The bad-input matrix: every user-facing input of train.py, sample.py and the data commands, given a wrong
+value, answers with one `error:` line that says what was wrong, exits non-zero, prints no traceback, and
+overwrites nothing."""
+
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from diffusion.training import checkpoint as ckpt
+from diffusion.training import train
+from tiny import TINY_TRAIN, run_script, tiny_train_cfg
+
+
+class Evil:
+    """Unpickling this would run a shell command (if the loader allowed it)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_input")
+    good = train(tiny_train_cfg(root / "run", "trainer.max_steps=2"))
+    payload = ckpt.load_checkpoint(good)
+
+    corrupt = root / "corrupt.ckpt"
+    corrupt.write_bytes(good.read_bytes()[:1000])  # a checkpoint cut short
+    other_version = root / "v999.ckpt"
+    torch.save({**payload, "format_version": 999}, other_version)
+    marker = root / "pwned"
+    crafted_pickle = root / "crafted_pickle.ckpt"
+    torch.save({"format_version": 1, "kind": "diffusion", "payload": Evil(marker)}, crafted_pickle)
+    crafted_config = root / "crafted_config.ckpt"
+    config = OmegaConf.create(payload["config"])
+    config.model = {"_target_": "os.system", "command": f"touch {marker}"}
+    torch.save({**payload, "config": OmegaConf.to_yaml(config)}, crafted_config)
+    text_as_png = root / "not_an_image.png"
+    text_as_png.write_text("this is text, not a picture")
+    taken = root / "taken"
+    taken.mkdir()
+    (taken / "0000_seed0.png").write_bytes(b"an image the user keeps")
+    return {"root": root, "good": good, "corrupt": corrupt, "v999": other_version, "pickle": crafted_pickle,
+            "config": crafted_config, "marker": marker, "text_png": text_as_png, "taken": taken}
+
+
+def cases(f):
+    """(script, arguments, a fragment the error line must contain)."""
+    out = f"out_dir={f['root'] / 'never'}"
+    sample = ["sample.py", f"ckpt={f['good']}", "prompt=a red bird", "steps=2", out]
+    train_tiny = ["train.py", *TINY_TRAIN, f"hydra.run.dir={f['root'] / 'train_runs'}"]
+    return [
+        # train.py
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.max_stepz=5"], "unknown config key 'trainer.max_stepz'"),
+        (*train_tiny[:1], [*train_tiny[1:], "model=unet_huge"], "Could not find 'model/unet_huge'; available: unet_base"),
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.max_steps=abc"], "trainer.max_steps must be a positive integer"),
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.max_steps=0"], "trainer.max_steps must be a positive integer"),
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.batch_size=-1"], "trainer.batch_size must be a positive integer"),
+        (*train_tiny[:1], [*train_tiny[1:], "optim.lr=-1"], "optim.lr must be a number > 0"),
+        (*train_tiny[:1], [*train_tiny[1:], "diffusion.caption_dropout=1.5"], "caption_dropout must be in [0, 1)"),
+        (*train_tiny[:1], [*train_tiny[1:], "diffusion.prediction_type=eps"], "unknown diffusion.prediction_type 'eps'"),
+        (*train_tiny[:1], [*train_tiny[1:], "diffusion.loss_weighting=p2"], "unknown diffusion.loss_weighting 'p2'"),
+        (*train_tiny[:1], [*train_tiny[1:], "schedule.name=cosin"], "unknown noise schedule 'cosin'"),
+        (*train_tiny[:1], [*train_tiny[1:], "schedule.num_timesteps=1"], "num_timesteps must be at least 2"),
+        (*train_tiny[:1], [*train_tiny[1:], "device=tpu"], "unknown device 'tpu'"),
+        (*train_tiny[:1], [*train_tiny[1:], "task=gan"], "unknown task 'gan'"),
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.precision=fp8"], "unknown trainer.precision 'fp8'"),
+        (*train_tiny[:1], [*train_tiny[1:], "logger=wandb", "logger.mode=bogus"], "unknown logger.mode 'bogus'"),
+        (*train_tiny[:1], [*train_tiny[1:], "sampler.timestep_spacing=even"], "unknown timestep spacing 'even'"),
+        (*train_tiny[:1], [*train_tiny[1:], "dataset.resolution=8"], "resolution must be at least 16"),
+        (*train_tiny[:1], [*train_tiny[1:], "dataset.resolution=17"], "use a resolution divisible by 2"),
+        (*train_tiny[:1], [*train_tiny[1:], f"resume={f['root'] / 'missing.ckpt'}"], "checkpoint not found"),
+        (*train_tiny[:1], [*train_tiny[1:], f"resume={f['corrupt']}"], "corrupt or not a checkpoint"),
+        (*train_tiny[:1], [*train_tiny[1:], "dataset=birds", f"paths.data_dir={f['root'] / 'nodata'}"], "python -m diffusion.data.download birds"),
+        (*train_tiny[:1], [*train_tiny[1:], "dataset=imagefolder"], "dataset.path"),
+        (*train_tiny[:1], [*train_tiny[1:], "dataset=imagefolder", f"dataset.path={f['root'] / 'nowhere'}"], "nowhere"),
+        (*train_tiny[:1], [*train_tiny[1:], "dataset=cifar10", "dataset.download=false", f"paths.data_dir={f['root'] / 'nodata'}"], "cifar10"),
+        # sample.py
+        ("sample.py", ["prompt=a red bird"], "give a checkpoint"),
+        ("sample.py", [f"ckpt={f['root'] / 'missing.ckpt'}", "prompt=x", out], "checkpoint not found"),
+        ("sample.py", [f"ckpt={f['corrupt']}", "prompt=x", out], "corrupt or not a checkpoint"),
+        ("sample.py", [f"ckpt={f['v999']}", "prompt=x", out], "format version 999"),
+        ("sample.py", [f"ckpt={f['pickle']}", "prompt=x", out], "refusing to load"),
+        ("sample.py", [f"ckpt={f['config']}", "prompt=x", out], "_target_ 'os.system'"),
+        ("sample.py", [f"ckpt={f['text_png']}", "prompt=x", out], "corrupt or not a checkpoint"),
+        ("sample.py", [*sample[1:], f"init_image={f['root'] / 'missing.png'}"], "init_image not found"),
+        ("sample.py", [*sample[1:], f"init_image={f['text_png']}"], "is not a readable image"),
+        ("sample.py", [*sample[1:], "strength=0"], "strength=0 is out of range"),
+        ("sample.py", [*sample[1:], "strength=1.5"], "strength=1.5 is out of range"),
+        ("sample.py", [*sample[1:-2], "steps=0", out], "steps must be an integer in [1, 1000]"),
+        ("sample.py", [*sample[1:-2], "steps=5000", out], "steps must be an integer in [1, 1000]"),
+        ("sample.py", [*sample[1:], "guidance_scale=-1"], "guidance_scale=-1 is out of range"),
+        ("sample.py", [*sample[1:], "guidance_scale=abc"], "guidance_scale='abc' is out of range"),
+        ("sample.py", [*sample[1:], "num_images=0"], "num_images=0 is out of range"),
+        ("sample.py", [*sample[1:], "batch_size=0"], "batch_size=0 is out of range"),
+        ("sample.py", [*sample[1:], "eta=-1"], "eta=-1 is out of range"),
+        ("sample.py", [*sample[1:], "seed=-1"], "seed=-1 is out of range"),
+        ("sample.py", [*sample[1:], "device=cuda:7"], "no CUDA GPU"),
+        ("sample.py", [*sample[1:], "colour=red"], "unknown config key 'colour'"),
+        ("sample.py", [*sample[1:], "sampler=dpm"], "Could not find 'sampler/dpm'; available: ddim, ddpm"),
+        ("sample.py", [*sample[1:], f"prompts_file={f['root'] / 'none.txt'}"], "prompts_file not found"),
+        ("sample.py", [*sample[1:-1], f"out_dir={f['taken']}"], "already exists; choose another out_dir"),
+        # data commands
+        ("diffusion.data.toybirds", ["--out", str(f["root"] / "birds"), "--num", "0"], "num"),
+        ("diffusion.data.toybirds", ["--out", str(f["root"] / "birds"), "--num", "4", "--resolution", "8"], "16"),
+        ("diffusion.data.download", ["imagenet"], "imagenet"),
+    ]
+
+
+def test_every_bad_input_is_one_clear_line_and_nothing_is_overwritten(files):
+    good_bytes = files["good"].read_bytes()
+    matrix = cases(files)
+
+    def run(case):
+        script, args, fragment = case
+        return case, run_script(script, *args, cwd=files["root"], timeout=180)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(run, matrix))
+    failures = []
+    for (script, args, fragment), result in results:
+        lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("training")]
+        last = lines[-1] if lines else ""
+        problems = []
+        if result.returncode == 0:
+            problems.append("exit status 0")
+        if "Traceback" in result.stderr:
+            problems.append("a traceback")
+        if not last.startswith("error:") and not (script.startswith("diffusion.") and "error" in last.lower()):
+            problems.append(f"last line {last!r}")
+        if fragment not in last:
+            problems.append(f"{fragment!r} not in {last!r}")
+        if problems:
+            failures.append(f"{script} {' '.join(args[-2:])}: {'; '.join(problems)}")
+    assert not failures, "\n".join(failures)
+    print(f"bad-input matrix: {len(matrix)} inputs tried")
+    assert files["good"].read_bytes() == good_bytes
+    assert (files["taken"] / "0000_seed0.png").read_bytes() == b"an image the user keeps"
+    assert not (files["root"] / "never").exists() or not any((files["root"] / "never").glob("*.png"))
+    assert not files["marker"].exists(), "a crafted checkpoint ran code"
