@@ -24,9 +24,12 @@ TINY_TRAIN = [
 
 def tiny_train_cfg(output_dir: Path, *overrides: str, config_name: str = "train"):
     """The real `train` config, shrunk, writing to `output_dir`."""
+    tiny = TINY_TRAIN
+    if any(o.startswith("text=") and o != "text=scratch" for o in overrides):  # only the scratch encoder has a width
+        tiny = [o for o in TINY_TRAIN if not o.startswith("text.")]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=config_name,
-                       overrides=[*TINY_TRAIN, f"paths.output_dir={output_dir}", "paths.data_dir=" + str(output_dir / "data"),
+                       overrides=[*tiny, f"paths.output_dir={output_dir}", "paths.data_dir=" + str(output_dir / "data"),
                                   *overrides])
 
 
