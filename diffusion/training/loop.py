@@ -94,9 +94,9 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     model = model.to(memory_format=memory_format)
     ema = EMA(model, trainer.ema_decay, trainer.ema_warmup)
     optimizer = make_optimizer(model.parameters(), cfg.optim, device)
-    start_step = 0
+    start_step, samples_seen = 0, 0
     if resumed:
-        start_step = load_training_state(resumed, model, ema, optimizer)
+        start_step, samples_seen = load_training_state(resumed, model, ema, optimizer)
     schedule = NoiseSchedule.from_name(**cfg.schedule)
 
     forward = model
@@ -106,8 +106,8 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
         forward = torch.compile(forward)
 
     global_micro_batch = trainer.batch_size * processes.world_size
-    stream = space.batches(batch_stream(dataset, trainer.batch_size, cfg.seed,
-                                        start_step * global_micro_batch * trainer.grad_accum, processes.rank,
+    samples_per_step = global_micro_batch * trainer.grad_accum  # the global batch
+    stream = space.batches(batch_stream(space.training_data(dataset), trainer.batch_size, cfg.seed, samples_seen, processes.rank,
                                         processes.world_size, trainer.num_workers, device.type == "cuda"))
     logger = MetricsLogger(run_dir, cfg, enabled=processes.is_main)
     grid = SampleGrid(cfg, dataset, space, run_dir, device) if processes.is_main else None
@@ -119,6 +119,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
 
     def save(step: int, periodic: bool) -> Path:
         payload = training_state(cfg, model, ema, optimizer, step, info, vocabulary, space, processes)
+        payload["samples_seen"] = samples_seen
         if periodic:
             ckpt.save_checkpoint(payload, checkpoint_dir / f"step_{step:07d}.ckpt")
             ckpt.prune_checkpoints(checkpoint_dir, trainer.keep_last)
@@ -131,7 +132,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     bar = tqdm(total=trainer.max_steps, initial=start_step, desc="training", unit="step", disable=not processes.is_main,
                dynamic_ncols=True)
     model.train()
-    step = start_step
+    step, stopping = start_step, False
     with GracefulStop() as stop, bar:
         while step < trainer.max_steps:
             lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio)
@@ -153,11 +154,19 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
             optimizer.zero_grad(set_to_none=True)
             ema.update(model, step)
             step += 1
+            samples_seen += samples_per_step
             bar.update(1)
 
             out_of_time = trainer.max_minutes is not None and time.time() - start_time > 60 * trainer.max_minutes
-            finishing = step == trainer.max_steps or stop.requested or out_of_time
+            stopping = stop.requested or out_of_time
+            if processes.distributed and (step % 10 == 0 or step % trainer.log_every == 0):
+                stopping = agree(stopping, device)  # every process stops at the same step
+            finishing = step == trainer.max_steps or stopping
             if step % trainer.log_every == 0 or finishing:
+                if processes.distributed:
+                    nonfinite = torch.tensor(agree(bool(nonfinite), device), device=device)
+                    torch.distributed.all_reduce(loss_sum)
+                    loss_sum /= processes.world_size
                 if bool(nonfinite):
                     raise diverged(step, last_good)
                 elapsed = time.time() - last_log_time
@@ -174,14 +183,17 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
                 last_good = (save(step, periodic=True), step)
             if processes.is_main and trainer.sample_every and step % trainer.sample_every == 0 and not finishing:
                 logger.log_image(step, "samples", grid.draw(ema.model, step))
-            if stop.requested or out_of_time:
-                reason = f"signal {stop.signal_name}" if stop.requested else f"trainer.max_minutes={trainer.max_minutes}"
+            if stopping:
+                reason = f"signal {stop.signal_name}" if stop.requested else (
+                    f"trainer.max_minutes={trainer.max_minutes}" if out_of_time else "another process was stopped")
                 bar.write(f"stopping at step {step} ({reason}); checkpoint saved, continue with resume=auto", file=sys.stderr)
                 break
     final = checkpoint_dir / "last.ckpt"
+    if processes.distributed:
+        logger.log(step, {"replica_max_difference": replica_difference(model, device)})
     if processes.is_main:
         final = save(step, periodic=False)
-        if not stop.requested:
+        if not stopping:
             logger.log_image(step, "samples", grid.draw(ema.model, step))
         print(f"checkpoint: {final}")
     logger.close()
@@ -243,4 +255,21 @@ def load_training_state(payload: dict, model, ema, optimizer) -> int:
                         f"resume with the config it was trained with") from None
     optimizer.load_state_dict(payload["optimizer"])
     restore_rng(payload.get("rng"))
-    return int(payload["step"])
+    return int(payload["step"]), int(payload.get("samples_seen", 0))
+
+
+def agree(flag: bool, device) -> bool:
+    """True on every process when it is true on any (a 1-element all-reduce)."""
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def replica_difference(model, device) -> float:
+    """The largest difference between this process's weights and rank 0's (0.0 when DDP kept them in sync)."""
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    reference = flat.clone()
+    torch.distributed.broadcast(reference, src=0)
+    difference = (flat - reference).abs().max().reshape(1)
+    torch.distributed.all_reduce(difference, op=torch.distributed.ReduceOp.MAX)
+    return float(difference.item())
