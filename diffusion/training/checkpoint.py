@@ -64,6 +64,12 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     return payload
 
 
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete the temporary files that writers killed mid-save left behind (they are never read)."""
+    for stale in Path(directory).glob(".*.ckpt.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Periodic checkpoints `step_XXXXXXX.ckpt`, oldest first."""
     return sorted(Path(directory).glob("step_*.ckpt"))

@@ -113,6 +113,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     grid = SampleGrid(cfg, dataset, space, run_dir, device) if processes.is_main else None
     if processes.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(checkpoint_dir)
         print(f"training {count_parameters(model.unet) / 1e6:.2f}M-parameter UNet"
               + (f" + {count_parameters(model.text_encoder) / 1e6:.2f}M text encoder" if model.text_encoder else "")
               + f" on {type(dataset).__name__} at {info['resolution']}px ({space.name}) on {device}; run: {run_dir}")
