@@ -19,3 +19,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """One tiny toy-birds model (16 px, seconds to train), shared by the evaluation, inspection and notebook tests."""
+    from diffusion.workbench import TINY, train_model
+
+    return train_model(tmp_path_factory.mktemp("tiny_model"), *TINY, steps=30)
+
+
+@pytest.fixture(scope="session")
+def quick_probe_cache(tmp_path_factory) -> Path:
+    """A cache folder (for DIFFUSION_CACHE) holding a 16 px toy-birds probe trained for a few seconds."""
+    from diffusion.evaluation.probe import probe_path, save_probe, train_probe
+
+    cache = tmp_path_factory.mktemp("cache")
+    probe, accuracy = train_probe(resolution=16, steps=60, batch_size=32, held_out_images=100, progress=False)
+    save_probe(probe, accuracy, probe_path(16, cache / "probes"))
+    return cache

@@ -1,0 +1,1 @@
+"""Measuring models: the toy-birds attribute probe, FID/KID and memorisation analysis."""
