@@ -2,13 +2,16 @@
 
 `prepare_space(cfg, dataset, device, processes)` returns an object with
 - `name`, `info` (shape of what is denoised, stored in checkpoints), `reference` (which autoencoder),
-- `batches(stream)`: turns image batches into batches of what is denoised,
+- `training_data(dataset)`: what the training stream draws from (the dataset, or its cached latents),
+- `batches(stream)`: turns batches of that into batches of what is denoised,
 - `encode(images)` / `decode(x)`: between [-1, 1] images and the denoised space.
 """
 
 from __future__ import annotations
 
 import torch
+
+from diffusion.errors import UserError
 
 
 class PixelSpace:
@@ -17,6 +20,9 @@ class PixelSpace:
 
     def __init__(self, resolution: int, channels: int = 3):
         self.info = {"shape": [channels, resolution, resolution]}
+
+    def training_data(self, dataset):
+        return dataset
 
     def batches(self, stream):
         return stream
@@ -29,19 +35,23 @@ class PixelSpace:
 
 
 def prepare_space(cfg, dataset, device, processes):
-    ckpt = cfg.get("vae", {}).get("ckpt") if cfg.get("vae") is not None else None
-    if not ckpt:
+    vae = cfg.get("vae") or {}
+    if not vae.get("ckpt"):
+        if vae.get("_target_"):  # an autoencoder group (vae=kl_f4) means latent diffusion: it needs trained weights
+            raise UserError("latent diffusion needs a trained autoencoder: train one with `python train.py task=vae "
+                            "vae=kl_f4 ...` and pass vae.ckpt=<its checkpoints/last.ckpt> (or use vae=none for pixels)")
         return PixelSpace(int(dataset.resolution))
     from diffusion.latent_space import LatentSpace
 
     return LatentSpace.for_training(cfg, dataset, device, processes)
 
 
-def space_for_sampling(payload: dict, device):
-    """The space a diffusion checkpoint was trained in, rebuilt from the checkpoint."""
+def space_for_sampling(payload: dict, device, vae_ckpt=None):
+    """The space a diffusion checkpoint was trained in, rebuilt from the checkpoint (`vae_ckpt`: where its
+    autoencoder lies now, if it moved; still checked against the stored fingerprint)."""
     reference = payload.get("autoencoder")
     if reference is None:
         return PixelSpace(int(payload["data"]["shape"][1]), int(payload["data"]["shape"][0]))
     from diffusion.latent_space import LatentSpace
 
-    return LatentSpace.for_sampling(reference, device)
+    return LatentSpace.for_sampling(reference, device, vae_ckpt)

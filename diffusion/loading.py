@@ -38,7 +38,7 @@ def stored_config(payload: dict, path) -> DictConfig:
     return config
 
 
-def load_diffusion_checkpoint(path, device="cpu", use_ema: bool = True) -> LoadedModel:
+def load_diffusion_checkpoint(path, device="cpu", use_ema: bool = True, vae_ckpt=None) -> LoadedModel:
     from diffusion.latent import space_for_sampling
 
     payload = load_checkpoint(path, kind="diffusion")
@@ -50,5 +50,5 @@ def load_diffusion_checkpoint(path, device="cpu", use_ema: bool = True) -> Loade
     except RuntimeError as error:
         raise UserError(f"{path}: weights do not match the stored config ({str(error).splitlines()[0][:120]})") from None
     model = model.to(device).eval()
-    space = space_for_sampling(payload, device)
+    space = space_for_sampling(payload, device, vae_ckpt)
     return LoadedModel(model, config, payload, NoiseSchedule.from_name(**config.schedule), space, Path(path))

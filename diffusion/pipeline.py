@@ -160,7 +160,7 @@ def generate(cfg) -> list[Path]:
     check_sampling_values(cfg)
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.out_dir)
-    loaded = load_diffusion_checkpoint(cfg.ckpt, device, use_ema=cfg.use_ema)
+    loaded = load_diffusion_checkpoint(cfg.ckpt, device, use_ema=cfg.use_ema, vae_ckpt=cfg.get("vae_ckpt"))
     model, train_cfg = loaded.model, loaded.config
     sampler_cfg = cfg.sampler if cfg.get("sampler") else train_cfg.sampler
     scheduler = loaded.scheduler(sampler_cfg)
