@@ -118,7 +118,11 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.tokenizer = Tokenizer(list(vocabulary), max_length)
         self.width = width
+        # token and position embeddings start at the same small scale (Radford et al. 2019): with the
+        # nn.Embedding default N(0, 1), positions would be invisible next to words and the encoder would
+        # start as a bag of words that cannot tell "a blue bird with red wings" from "a red bird with blue wings"
         self.token_embedding = nn.Embedding(len(self.tokenizer), width)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.position_embedding = nn.Parameter(torch.randn(max_length, width) * 0.02)
         self.layers = nn.ModuleList(EncoderLayer(width, heads, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
@@ -129,7 +133,8 @@ class TextEncoder(nn.Module):
 
     def encode(self, prompts: list[str], device=None) -> TextEncoding:
         ids, mask = self.tokenizer(list(prompts))
-        return self(ids.to(device), mask.to(device))
+        # non_blocking: a plain .to(cuda) would wait for the GPU's queue (a host-device sync per training step)
+        return self(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> TextEncoding:
         x = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]  # (B, L, D)
