@@ -118,11 +118,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.tokenizer = Tokenizer(list(vocabulary), max_length)
         self.width = width
-        # token and position embeddings start at the same small scale (Radford et al. 2019): with the
-        # nn.Embedding default N(0, 1), positions would be invisible next to words and the encoder would
-        # start as a bag of words that cannot tell "a blue bird with red wings" from "a red bird with blue wings"
         self.token_embedding = nn.Embedding(len(self.tokenizer), width)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.position_embedding = nn.Parameter(torch.randn(max_length, width) * 0.02)
         self.layers = nn.ModuleList(EncoderLayer(width, heads, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
