@@ -31,7 +31,8 @@ def run(command: list[str]) -> None:
 def main() -> None:
     run_dir = Path("outputs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     started = time.time()
-    run(["train.py", f"hydra.run.dir={run_dir}"])
+    # max_minutes: a guard so a slow machine still finishes the demo (with a checkpoint) in about ten minutes
+    run(["train.py", f"hydra.run.dir={run_dir}", "trainer.max_minutes=9"])
     prompt_list = "[" + ",".join("'" + p.replace("'", "\\'") + "'" for p in PROMPTS) + "]"
     run(["sample.py", f"ckpt={run_dir}/checkpoints/last.ckpt", f"prompt={prompt_list}", "num_images=6",
          f"out_dir={run_dir}/demo_samples"])
