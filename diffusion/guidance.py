@@ -31,7 +31,9 @@ def classifier_free_guidance(model, cond: Cond, uncond: Cond, scale: float) -> D
     both = Cond.cat([uncond, cond])
 
     def denoise(x_t: torch.Tensor, t) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
+        # a Python timestep is filled in on the device (as_tensor would copy it from the host: a sync per step)
+        t = torch.full((), t, device=x_t.device) if isinstance(t, (int, float)) else torch.as_tensor(t, device=x_t.device)
+        t = t.expand(x_t.shape[0])
         out_uncond, out_cond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), both).chunk(2)
         return out_uncond + scale * (out_cond - out_uncond)
 

@@ -58,7 +58,7 @@ class DiffusionModel(nn.Module):
                 class_labels = torch.full((n,), -1)
             class_labels = torch.as_tensor(class_labels).clone()
             class_labels[class_labels < 0] = self.num_classes
-            cond.class_labels = class_labels.to(device)
+            cond.class_labels = class_labels.to(device, non_blocking=True)  # no host-device sync in the training step
         return cond
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None, *,

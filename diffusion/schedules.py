@@ -82,6 +82,8 @@ BETA_SCHEDULES = {
 
 def expand_like(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-example values [B] (or a scalar) -> [B, 1, 1, ...] in x's dtype and device, to broadcast over x."""
+    if values.ndim == 0 and values.device.type == "cpu":  # a host scalar broadcasts into GPU kernels as it is:
+        return values.to(dtype=x.dtype)  # copying it to the GPU would make the host wait for the GPU (per sampling step)
     values = values.to(device=x.device, dtype=x.dtype)
     return values.reshape(values.shape + (1,) * (x.ndim - values.ndim))
 

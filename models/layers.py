@@ -64,7 +64,7 @@ class ResBlock(nn.Module):
             e = self.emb(F.silu(emb))[:, :, None, None]  # (B, C or 2C, 1, 1)
             if self.scale_shift:
                 scale, shift = e.chunk(2, dim=1)
-                h = self.norm2(h) * (1 + scale) + shift
+                h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # norm(h) * (1 + scale) + shift in one pass
             else:
                 h = self.norm2(h + e)
         else:

@@ -6,10 +6,10 @@ tokens), `pooled` [B, pooled_dim] (a sentence vector added to the time embedding
 `class_labels` [B] (int). The same class is unconditional (none of them), class-conditional
 (`num_classes`) or text-conditional (`context_dim`).
 
-Shape walk for unet_tiny at 32x32 (base 32, mult 1-2-2):
-    x (B,3,32,32) -> conv_in (B,32,32,32) -> level 0 (B,32,32,32) -> down (B,32,16,16)
-    -> level 1 (B,64,16,16) -> down (B,64,8,8) -> level 2 (B,64,8,8) -> middle -> up path mirrored with skips
-    -> out (B,3,32,32)
+Shape walk for unet_tiny at 32x32 (base 16, mult 1-2-4, attention at level 2 and in the middle):
+    x (B,3,32,32) -> conv_in (B,16,32,32) -> level 0 (B,16,32,32) -> down (B,16,16,16)
+    -> level 1 (B,32,16,16) -> down (B,32,8,8) -> level 2 + cross-attention (B,64,8,8) -> middle (B,64,8,8)
+    -> up path mirrored with skips -> out (B,3,32,32)
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ class UNet(nn.Module):
         if height % self.downsampling or width % self.downsampling:
             raise ValueError(f"input {height}x{width} is not divisible by the UNet's total downsampling "
                              f"{self.downsampling}; use a resolution that is a multiple of {self.downsampling}")
-        t = torch.as_tensor(t, device=x.device)
+        # a Python timestep is filled in on the device (as_tensor would copy it from the host: a sync per step)
+        t = torch.full((), t, device=x.device) if isinstance(t, (int, float)) else torch.as_tensor(t, device=x.device)
         t = t.expand(batch) if t.ndim == 0 else t
         emb = self.time_embed(timestep_embedding(t, self.time_embed[0].in_features).to(x.dtype))
         if self.class_embed is not None:

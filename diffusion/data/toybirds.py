@@ -317,12 +317,14 @@ class ToyBirds(Dataset):
     def caption(self, index: int) -> str:
         return make_caption(self.attributes(index), self._stream(self._check(index), _CAPTION_STREAM))
 
-    def image(self, index: int) -> torch.Tensor:
-        """The uint8 image [3, H, W] of item `index` (a view into the cache: do not modify)."""
+    def image(self, index: int, attributes: dict | None = None) -> torch.Tensor:
+        """The uint8 image [3, H, W] of item `index` (a view into the cache: do not modify).
+        `attributes`, when the caller already has them, saves drawing them again."""
         index = self._check(index)
         if self._images is not None and self._rendered[index]:
             return self._images[index]
-        pixels = render(self.attributes(index), self.resolution, self._stream(index, _JITTER_STREAM))
+        attributes = attributes or self.attributes(index)
+        pixels = render(attributes, self.resolution, self._stream(index, _JITTER_STREAM))
         image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # (3, H, W)
         if self._images is not None:
             self._images[index] = image
@@ -333,7 +335,7 @@ class ToyBirds(Dataset):
         index = self._check(index)
         attributes = self.attributes(index)
         return {
-            "image": self.image(index).float() / 127.5 - 1.0,  # (3, H, W) in [-1, 1]
+            "image": self.image(index, attributes).float() / 127.5 - 1.0,  # (3, H, W) in [-1, 1]
             "text": make_caption(attributes, self._stream(index, _CAPTION_STREAM)),
             "label": -1,
             "attributes": {name: ATTRIBUTES[name].index(value) for name, value in attributes.items()},

@@ -210,7 +210,8 @@ def micro_batch_loss(forward, batch, schedule, cfg, processes, device, step, mic
     mine = slice(rank * size, (rank + 1) * size)
     cpu_random = step_generator(cfg.seed, step, micro, torch.device("cpu"))
     device_random = cpu_random if device.type == "cpu" else step_generator(cfg.seed, step, micro, device)
-    t = torch.randint(0, schedule.num_timesteps, (size * world,), generator=cpu_random)[mine].to(device)
+    # non_blocking: a plain .to(cuda) of a CPU tensor waits for the GPU to finish its queue (a sync per step)
+    t = torch.randint(0, schedule.num_timesteps, (size * world,), generator=cpu_random)[mine].to(device, non_blocking=True)
     dropped = (torch.rand(size * world, generator=cpu_random) < cfg.diffusion.caption_dropout)[mine]
     noise = torch.randn((size * world, *x0.shape[1:]), generator=device_random, device=device)[mine]
     noise = noise.contiguous(memory_format=memory_format)

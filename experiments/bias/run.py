@@ -1,7 +1,7 @@
 """Bias: train with 70% red birds, prompt "a bird" (no colour), and read the body colour of the samples with
 the probe. Does the model match the 70%, shrink it or amplify it, and what does guidance do to it?
 
-    python experiments/bias/run.py                       # trains experiment=bias (--steps 3000), then samples
+    python experiments/bias/run.py                       # trains experiment=bias (--steps 1800), then samples
     python experiments/bias/run.py --ckpt <a model trained with experiment=bias>
     python experiments/bias/run.py --smoke               # a minute: tiny model, a few images
 """

@@ -2,7 +2,7 @@
 to 10, on one model with the same prompts and seeds.
 
     python experiments/guidance/run.py --ckpt <toy-birds last.ckpt>
-    python experiments/guidance/run.py                     # trains the default model first (--steps 3000)
+    python experiments/guidance/run.py                     # trains the default model first (--steps 1800)
     python experiments/guidance/run.py --smoke
 """
 

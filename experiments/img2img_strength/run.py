@@ -2,7 +2,7 @@
 outputs move from the init image, and how often do they take the new colour while keeping everything else?
 
     python experiments/img2img_strength/run.py --ckpt <toy-birds last.ckpt>
-    python experiments/img2img_strength/run.py            # trains the default model first (--steps 3000)
+    python experiments/img2img_strength/run.py            # trains the default model first (--steps 1800)
     python experiments/img2img_strength/run.py --smoke
 """
 

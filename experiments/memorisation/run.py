@@ -1,7 +1,7 @@
 """Memorisation against training-set size: train on 1, 16, 256, 4096 and unlimited toy-birds images (the same
 number of steps each), then measure how often samples copy a training image and how well they follow new prompts.
 
-    python experiments/memorisation/run.py                  # 5 models x --steps 3000
+    python experiments/memorisation/run.py                  # 5 models x --steps 1800
     python experiments/memorisation/run.py --sizes 1 16      # a subset ("0" means unlimited)
     python experiments/memorisation/run.py --smoke           # a minute or two: tiny models, a few images
 """

@@ -2,7 +2,7 @@
 prompts and seeds; prompt adherence (probe) and FID/KID-by-probe for each.
 
     python experiments/samplers/run.py --ckpt <toy-birds last.ckpt>      # samples only
-    python experiments/samplers/run.py                                   # trains the default model first (--steps 3000)
+    python experiments/samplers/run.py                                   # trains the default model first (--steps 1800)
     python experiments/samplers/run.py --smoke
 """
 

@@ -1,7 +1,7 @@
 """Noise schedules and parameterisations: linear vs cosine vs zero-terminal-SNR schedules, epsilon vs v prediction,
 each trained with the same budget and measured by prompt adherence and FID/KID-by-probe.
 
-    python experiments/schedules/run.py                         # 6 models x --steps 3000
+    python experiments/schedules/run.py                         # 6 models x --steps 1800
     python experiments/schedules/run.py --variants 0 2 4         # a subset (indices into VARIANTS)
     python experiments/schedules/run.py --smoke
 """

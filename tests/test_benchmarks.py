@@ -1,0 +1,72 @@
+"""The benchmark runs end to end on a tiny setting and writes JSON (and a README) with the right fields.
+Speed itself is never asserted here (DESIGN.md: measured in benchmarks/, not in timed tests)."""
+
+import json
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+from benchmarks.setups import build_pair, check_same_architecture, check_same_function, make_inputs  # noqa: E402
+from tiny import run_script  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "base"])
+def test_the_reference_has_our_architecture(name):
+    """Same parameter count (asserted within 2% by the benchmark) and, for the text-conditional configs, the same
+    shapes one for one (unet_base's attention holds q, k, v as one 1x1 convolution where diffusers has three
+    Linear layers: the same parameters in another layout)."""
+    architecture = check_same_architecture(build_pair(name))
+    assert architecture["params_ours"] == architecture["params_reference"]
+    assert architecture["same_parameter_shapes"] == (name != "base")
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_the_reference_computes_our_function(name):
+    """With our weights copied in, diffusers' network gives our outputs to float32 round-off: the benchmark
+    compares two implementations of one function, not two different networks."""
+    pair = build_pair(name)
+    same = check_same_function(pair, make_inputs(pair, 2))
+    assert same["max_output_difference"] < 1e-4 * max(1.0, same["max_output"]), same
+
+
+def test_quick_benchmark_writes_results(tmp_path):
+    out = tmp_path / "results"
+    readme = tmp_path / "README.md"
+    rows = "flops,train,sample,memory,ema,data,latent"
+    result = run_script("benchmarks.run", "--quick", "--models", "tiny", "--repeats", "1", "--rows", rows,
+                        "--device", "cpu", "--out", str(out), "--write-readme", "--readme", str(readme),
+                        cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = list(out.glob("cpu-*-quick.json"))
+    assert len(files) == 1, list(out.iterdir())
+    results = json.loads(files[0].read_text())
+    assert {"cpu_model", "cpu_cores", "torch", "diffusers", "command", "load_average_before", "load_average_after"} <= set(results["meta"])
+    assert results["settings"]["quick"] and results["settings"]["device"] == "cpu"
+    by_row = {row["row"]: row for row in results["rows"]}
+    assert set(by_row) == {"flops", "train", "sample", "memory", "ema_update", "data", "latent_vs_pixel"}
+
+    for name in ("flops", "train", "sample", "memory"):  # compared rows: ours, reference, and the oriented ratio
+        row = by_row[name]
+        assert row["model"] == "tiny" and row["ours"] > 0 and row["reference"] > 0, row
+        higher_is_better = name in ("train", "sample")
+        expected = row["ours"] / row["reference"] if higher_is_better else row["reference"] / row["ours"]
+        assert row["ratio"] == pytest.approx(expected, rel=1e-3)
+    assert by_row["train"]["params_ours"] == by_row["train"]["params_reference"]
+    assert by_row["flops"]["max_output_difference"] < 1e-3
+    assert len(by_row["train"]["seconds"]["ours"]) == 1 and len(by_row["train"]["seconds"]["reference"]) == 1
+    assert 0 <= by_row["sample"]["sampler_overhead"]["ours"] < 1
+    assert by_row["flops"]["train_to_forward"]["ours"] == pytest.approx(3.0, abs=0.5)  # backward ~ 2x forward
+    assert "RSS" in by_row["memory"]["method"]
+    assert by_row["ema_update"]["foreach"] > 0 and 0 < by_row["ema_update"]["share_of_train_step"] < 1
+    assert by_row["data"]["workers_0"] > 0 and by_row["data"]["workers_1"] > 0
+    assert by_row["latent_vs_pixel"]["latents"] > 0 and by_row["latent_vs_pixel"]["pixels"] > 0
+    assert any("--device cuda" in item for item in results["todo"])  # the GPU rows are left to do, with the command
+
+    text = readme.read_text()
+    assert "| train | tiny | images/s |" in text and files[0].stem in text and "--device cuda" in text
+
+
+def test_unknown_rows_are_refused(tmp_path):
+    result = run_script("benchmarks.run", "--rows", "train,speed", "--out", str(tmp_path), cwd=tmp_path)
+    assert result.returncode != 0 and "unknown rows ['speed']" in result.stderr
