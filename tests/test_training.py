@@ -138,3 +138,31 @@ def test_sigterm_writes_a_checkpoint_and_exits_zero(tmp_path):
     assert "stopping at step" in err
     step = ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["step"]
     assert 2 <= step < 100000
+
+
+def test_logger_wandb_writes_a_real_offline_run_without_an_account(tmp_path):
+    """`logger=wandb` (offline by default) from the real command line, with no account, no API key and no
+    terminal to prompt on: a wandb offline run appears in the run folder holding the logged loss and a sample
+    grid, and metrics.jsonl is written as well."""
+    import os
+    import subprocess
+    import sys
+
+    from tiny import ROOT, TINY_TRAIN
+
+    run = tmp_path / "run"
+    home = tmp_path / "home"  # no ~/.netrc or wandb settings from this machine
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB")}
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY_TRAIN, "logger=wandb", "trainer.sample_every=2",
+                             f"hydra.run.dir={run}"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((run / "wandb").iterdir()) if (run / "wandb").exists() else "no wandb folder"
+    records = list(runs[0].glob("run-*.wandb"))
+    assert len(records) == 1 and records[0].stat().st_size > 0
+    data = records[0].read_bytes()
+    assert b"loss" in data and b"samples" in data  # the logged scalars and the EMA sample grid
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2

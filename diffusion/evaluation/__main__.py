@@ -21,9 +21,11 @@ from pathlib import Path
 
 
 def table(result: dict) -> str:
+    # with fewer images than the KID subset size every subset is the whole set: no spread to report
+    kid_spread = f" ± {result['kid_std']:.5f}" if result["kid_std"] > 0 else " (one subset: all images)"
     lines = [f"| metric ({result['extractor'].split('-')[0]} features) | generated | real renders |", "|---|---|---|",
              f"| FID | {result['fid']:.3f} | {result['fid_real_renders']:.3f} |",
-             f"| KID | {result['kid']:.5f} ± {result['kid_std']:.5f} | {result['kid_real_renders']:.5f} |",
+             f"| KID | {result['kid']:.5f}{kid_spread} | {result['kid_real_renders']:.5f} |",
              "", "| attribute | generated | real renders | chance |", "|---|---|---|---|"]
     for name, value in result["adherence"].items():
         lines.append(f"| {name} | {value:.1%} | {result['adherence_real_renders'][name]:.1%} | {result['chance'][name]:.1%} |")

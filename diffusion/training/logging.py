@@ -47,7 +47,9 @@ def start_wandb(run_dir: Path, cfg):
 
     mode = cfg.logger.get("mode", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    settings = wandb.Settings(console="off", start_method="thread", silent=True, x_disable_stats=True)
+    wanted = dict(console="off", silent=True, x_disable_stats=True, start_method="thread")
+    known = getattr(wandb.Settings, "model_fields", None)  # wandb >= 0.18 refuses unknown settings (start_method went away)
+    settings = wandb.Settings(**{k: v for k, v in wanted.items() if known is None or k in known})
     return wandb.init(project=cfg.logger.get("project"), name=cfg.logger.get("name"), mode=mode,
                       dir=str(run_dir), tags=list(cfg.logger.get("tags") or []),
                       config=OmegaConf.to_container(cfg, resolve=True), settings=settings, reinit=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from diffusion.data.toybirds import ATTRIBUTES  # noqa: E402
 from experiments.common import (Context, adherence, fid_by_probe, generate, markdown_table, mean_adherence,  # noqa: E402
                                 parser, read_attributes, save_rows, write_report)
 
@@ -57,13 +58,12 @@ def main() -> None:
         quality = fid_by_probe(ctx, images, resolution)
         results.append({"guidance": scale, "seconds": seconds, "adherence_mean": mean_adherence(scores),
                         "adherence": scores, **quality})
-        rows.append([f"{scale:g}", f"{mean_adherence(scores):.1%}", *(f"{scores.get(a, 0):.1%}" for a in
-                     ("species", "body_colour", "wing_colour", "pose", "background")),
+        rows.append([f"{scale:g}", f"{mean_adherence(scores):.1%}", *(f"{scores.get(a, 0):.1%}" for a in ATTRIBUTES),
                      f"{quality['fid']:.2f}", f"{quality['kid']:.4f} ± {quality['kid_std']:.4f}", f"{seconds:.1f}"])
         grid_rows.append(images[:8])
         print(rows[-1])
 
-    table = markdown_table(["guidance", "adherence (mean)", "species", "body colour", "wing colour", "pose", "background",
+    table = markdown_table(["guidance", "adherence (mean)", *(a.replace("_", " ") for a in ATTRIBUTES),
                             "FID-by-probe", "KID-by-probe", "seconds"], rows)
     figures = [plot(ctx, results), save_rows(ctx, grid_rows, "guidance_grid.png", columns=min(8, n))]
     write_report(
