@@ -58,6 +58,9 @@ def build(node, exclude: tuple = (), where: str = "config", **fill):
     return instantiate(container, _partial_=True, _convert_="all")(**fill)
 
 
-def build_scheduler(sampler_cfg, schedule, prediction_type: str):
-    """A sampler from its config node; `steps` and `eta` are the loop's, not the scheduler's."""
-    return build(sampler_cfg, exclude=("steps", "eta"), where="sampler", schedule=schedule, prediction_type=prediction_type)
+def build_scheduler(sampler_cfg, schedule, prediction_type: str, bounded: bool = True):
+    """A sampler from its config node; `steps` and `eta` are the loop's, not the scheduler's.
+    `bounded=False` (latent space: no [-1, 1] range) turns `clip_sample` off whatever the config says."""
+    extra = {} if bounded else {"clip_sample": False}
+    return build(sampler_cfg, exclude=("steps", "eta"), where="sampler", schedule=schedule,
+                 prediction_type=prediction_type, **extra)

@@ -17,6 +17,7 @@ from diffusion.errors import UserError
 class PixelSpace:
     name = "pixels"
     reference = None
+    bounded = True  # the data lies in [-1, 1]: a sampler may clamp pred_x0 there
 
     def __init__(self, resolution: int, channels: int = 3):
         self.info = {"shape": [channels, resolution, resolution]}

@@ -43,6 +43,7 @@ DATASET_KEYS_THAT_DO_NOT_CHANGE_IMAGES = ("cache", "cache_dir")
 
 class LatentSpace:
     name = "latents"
+    bounded = False  # scaled latents have unit std and no range: clamping pred_x0 to [-1, 1] would cut ~1/3 of them
 
     def __init__(self, autoencoder, reference: dict, seed: int = 0):
         self.autoencoder = autoencoder  # frozen, eval mode, on its device

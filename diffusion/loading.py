@@ -26,7 +26,8 @@ class LoadedModel:
 
     def scheduler(self, sampler_cfg=None):
         """The checkpoint's sampler, or `sampler_cfg` (e.g. from `sample.py sampler=ddpm`)."""
-        return build_scheduler(sampler_cfg or self.config.sampler, self.schedule, self.config.diffusion.prediction_type)
+        return build_scheduler(sampler_cfg or self.config.sampler, self.schedule, self.config.diffusion.prediction_type,
+                               bounded=self.space.bounded)
 
 
 def stored_config(payload: dict, path) -> DictConfig:

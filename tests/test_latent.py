@@ -118,6 +118,26 @@ def test_latent_diffusion_caches_latents_once_and_samples_images(latent_run, tmp
         assert len(names) == 2 and all(Image.open(p).size == (16, 16) for p in names)
 
 
+def test_latent_sampling_never_clamps_latents_to_the_pixel_range(latent_run):
+    """conf/sampler clamps pred_x0 to [-1, 1], right for pixels; scaled latents have unit std and no range, so a
+    latent model's sampler (from its checkpoint, or for the training grids) must not clamp: a DDIM step that
+    starts from latents of std 3 keeps values beyond 1."""
+    from diffusion.loading import load_diffusion_checkpoint
+
+    loaded = load_diffusion_checkpoint(latent_run["first"])
+    scheduler = loaded.scheduler()
+    assert loaded.space.bounded is False and scheduler.clip_sample is False
+    x_t = 3 * torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = int(scheduler.timesteps(10)[-1])  # the last step: pred_x0 is x_t itself, nearly
+    step = scheduler.step(torch.zeros_like(x_t), t, -1, x_t)
+    assert step.pred_x0.abs().max() > 2
+    pixel = tiny_train_cfg(latent_run["root"] / "pixel")  # the same sampler config in pixel space clamps
+    from diffusion.config import build_scheduler
+    from diffusion.schedules import NoiseSchedule
+
+    assert build_scheduler(pixel.sampler, NoiseSchedule.from_name(**pixel.schedule), "v").clip_sample is True
+
+
 def test_sampling_refuses_the_wrong_autoencoder(latent_run, tmp_path):
     original = tmp_path / "right.ckpt"
     shutil.copy(latent_run["vae"], original)
