@@ -55,7 +55,13 @@ def build(node, exclude: tuple = (), where: str = "config", **fill):
         container.pop(key, None)
     # objects in `fill` are passed to the constructor as they are (instantiate would turn a dataclass
     # such as NoiseSchedule into a config), so the config is instantiated as a partial first
-    return instantiate(container, _partial_=True, _convert_="all")(**fill)
+    constructor = instantiate(container, _partial_=True, _convert_="all")
+    try:
+        return constructor(**fill)
+    except UserError:
+        raise
+    except ValueError as error:  # a constructor refusing a configured value: the user's to fix, one line
+        raise UserError(f"{where}: {error}") from None
 
 
 def build_scheduler(sampler_cfg, schedule, prediction_type: str, bounded: bool = True):

