@@ -173,21 +173,11 @@ def sample_cfg(checkpoint, out_dir, **values):
 
 def test_sigterm_stops_autoencoder_training_with_a_checkpoint(tmp_path):
     import signal
-    import subprocess
-    import sys
-    import time
 
-    from tiny import ROOT, TINY_TRAIN
+    from tiny import signal_after_first_log
 
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY_TRAIN, *TINY_VAE, "trainer.max_steps=100000",
-                                "trainer.checkpoint_every=0", "trainer.sample_every=0", f"hydra.run.dir={tmp_path}"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
+    returncode, err = signal_after_first_log(tmp_path, signal.SIGTERM, *TINY_VAE, "trainer.sample_every=0")
+    assert returncode == 0, err
     assert "stopping at step" in err
     payload = ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.ckpt", kind="vae")
     assert 2 <= payload["step"] < 100000 and payload["scale_factor"] > 0

@@ -1,30 +1,13 @@
 """Preemption: SIGKILL at random moments while checkpoints are written never leaves a broken one in place;
 SIGUSR1 (SLURM's warning) checkpoints and exits 0; old periodic checkpoints are pruned."""
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 from diffusion.training import checkpoint as ckpt
 from diffusion.training import train
-from tiny import ROOT, TINY_TRAIN, tiny_train_cfg
-
-
-def start_training(run_dir, *overrides):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY_TRAIN, f"hydra.run.dir={run_dir}", *overrides],
-                            cwd=run_dir.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def wait_for(path, timeout=120, newer_than=0.0):
-    """Until `path` exists and was written after `newer_than` (a modification time)."""
-    deadline = time.time() + timeout
-    while not (path.exists() and path.stat().st_mtime > newer_than) and time.time() < deadline:
-        time.sleep(0.05)
-    assert path.exists() and path.stat().st_mtime > newer_than, f"{path} was not written"
+from tiny import signal_after_first_log, start_training, tiny_train_cfg, wait_for
 
 
 def test_sigkill_while_saving_always_leaves_an_intact_checkpoint(tmp_path):
@@ -52,11 +35,8 @@ def test_sigkill_while_saving_always_leaves_an_intact_checkpoint(tmp_path):
 
 def test_sigusr1_checkpoints_and_exits_zero(tmp_path):
     run = tmp_path / "run"
-    process = start_training(run, "trainer.max_steps=100000", "trainer.checkpoint_every=0")
-    wait_for(run / "metrics.jsonl")
-    process.send_signal(signal.SIGUSR1)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
+    returncode, err = signal_after_first_log(run, signal.SIGUSR1)
+    assert returncode == 0, err
     assert "signal SIGUSR1" in err
     assert ckpt.load_checkpoint(run / "checkpoints" / "last.ckpt")["step"] >= 2
 

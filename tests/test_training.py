@@ -120,21 +120,11 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
 
 def test_sigterm_writes_a_checkpoint_and_exits_zero(tmp_path):
     import signal
-    import subprocess
-    import sys
-    import time
 
-    from tiny import ROOT, TINY_TRAIN
+    from tiny import signal_after_first_log
 
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY_TRAIN, "trainer.max_steps=100000",
-                                "trainer.checkpoint_every=0", f"hydra.run.dir={tmp_path}"], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
+    returncode, err = signal_after_first_log(tmp_path, signal.SIGTERM)
+    assert returncode == 0, err
     assert "stopping at step" in err
     step = ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["step"]
     assert 2 <= step < 100000

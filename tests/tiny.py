@@ -38,3 +38,30 @@ def run_script(script: str, *args: str, cwd: Path, timeout: int = 240) -> subpro
     command = [sys.executable, str(ROOT / script), *args] if script.endswith(".py") else [sys.executable, "-m", script, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline"}
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def start_training(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    """`python train.py` (tiny) as a separate process writing to `run_dir`; its stderr is piped."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY_TRAIN, f"hydra.run.dir={run_dir}", *overrides],
+                            cwd=run_dir.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for(path: Path, timeout: float = 120, newer_than: float = 0.0) -> None:
+    """Until `path` exists and was written after `newer_than` (a modification time)."""
+    import time
+
+    deadline = time.time() + timeout
+    while not (path.exists() and path.stat().st_mtime > newer_than) and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.exists() and path.stat().st_mtime > newer_than, f"{path} was not written"
+
+
+def signal_after_first_log(run_dir: Path, signum: int, *overrides: str) -> tuple[int, str]:
+    """Start a long tiny training run, send `signum` once it has logged, and return (exit status, stderr)."""
+    process = start_training(run_dir, "trainer.max_steps=100000", "trainer.checkpoint_every=0", *overrides)
+    wait_for(run_dir / "metrics.jsonl")
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    return process.returncode, err
+

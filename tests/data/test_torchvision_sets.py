@@ -1,5 +1,6 @@
 """MNIST, Fashion-MNIST and CIFAR-10 from tiny files in torchvision's own on-disk formats."""
 
+import socket
 import urllib.error
 from pathlib import Path
 
@@ -74,10 +75,12 @@ def test_missing_data_offline_is_one_user_error(tmp_path, monkeypatch):
         TorchvisionDataset("mnist", tmp_path / "nothing", download=False)
     assert str(tmp_path / "nothing") in str(error.value) and "\n" not in str(error.value)
 
-    def offline(self):
+    def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
+    # the download is replaced, and any socket this process opens fails too: this test never reaches the network
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    monkeypatch.setattr(socket.socket, "connect", offline)
     with pytest.raises(UserError, match="network access"):
         TorchvisionDataset("cifar10", tmp_path / "nothing", download=True)
 
