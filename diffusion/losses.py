@@ -7,6 +7,9 @@ All three objectives are the same denoising loss up to a weight on ||x0 - pred_x
     ||x0  - pred_x0||^2  = 1          * ||x0 - pred_x0||^2
 Min-SNR-gamma (Hang et al. 2023) makes the effective x0 weight min(SNR, gamma), so the weight that
 multiplies each objective is min(SNR, gamma) divided by that objective's own factor above.
+`min_snr_plus_one` caps the v objective's weight instead: effective x0 weight min(SNR + 1, gamma). It
+equals min-SNR above SNR = gamma - 1 but keeps weight 1 (not SNR -> 0) at high noise, where the
+global layout of the image (and how much the prompt decides it) is learnt.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from diffusion.errors import UserError, check_choice
 from diffusion.schedules import PREDICTION_TYPES, NoiseSchedule, expand_like
 
-WEIGHTINGS = ("uniform", "min_snr")
+WEIGHTINGS = ("uniform", "min_snr", "min_snr_plus_one")
 
 
 def min_snr_weight(snr: torch.Tensor, prediction_type: str, gamma: float = 5.0) -> torch.Tensor:
@@ -31,6 +34,17 @@ def min_snr_weight(snr: torch.Tensor, prediction_type: str, gamma: float = 5.0) 
     return (gamma / snr).clamp(max=1.0)
 
 
+def min_snr_plus_one_weight(snr: torch.Tensor, prediction_type: str, gamma: float = 5.0) -> torch.Tensor:
+    """min(SNR + 1, gamma) / (the objective's x0 factor): the v loss with its weight capped at gamma."""
+    check_choice("prediction type", prediction_type, PREDICTION_TYPES)
+    capped = (snr + 1).clamp(max=gamma)
+    if prediction_type == "x0":
+        return capped
+    if prediction_type == "v":
+        return capped / (snr + 1)
+    return capped / snr  # epsilon: infinite at SNR 0, where eps carries no information (refused by the schedule check)
+
+
 def loss_weight(snr: torch.Tensor, prediction_type: str, weighting: str = "uniform", gamma: float = 5.0) -> torch.Tensor:
     """The weight of each example's mean squared error, from its SNR [B]."""
     check_choice("loss weighting", weighting, WEIGHTINGS)
@@ -38,6 +52,8 @@ def loss_weight(snr: torch.Tensor, prediction_type: str, weighting: str = "unifo
         return torch.ones_like(snr)
     if gamma <= 0:
         raise UserError(f"min_snr gamma must be > 0, got {gamma}")
+    if weighting == "min_snr_plus_one":
+        return min_snr_plus_one_weight(snr, prediction_type, gamma)
     return min_snr_weight(snr, prediction_type, gamma)
 
 

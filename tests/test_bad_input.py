@@ -65,6 +65,7 @@ def cases(f):
         (*train_tiny[:1], [*train_tiny[1:], "trainer.max_steps=0"], "trainer.max_steps must be a positive integer"),
         (*train_tiny[:1], [*train_tiny[1:], "trainer.batch_size=-1"], "trainer.batch_size must be a positive integer"),
         (*train_tiny[:1], [*train_tiny[1:], "optim.lr=-1"], "optim.lr must be a number > 0"),
+        (*train_tiny[:1], [*train_tiny[1:], "optim.text_lr_scale=0"], "optim.text_lr_scale must be a number > 0"),
         (*train_tiny[:1], [*train_tiny[1:], "diffusion.caption_dropout=1.5"], "caption_dropout must be in [0, 1)"),
         (*train_tiny[:1], [*train_tiny[1:], "diffusion.prediction_type=eps"], "unknown diffusion.prediction_type 'eps'"),
         (*train_tiny[:1], [*train_tiny[1:], "diffusion.loss_weighting=p2"], "unknown diffusion.loss_weighting 'p2'"),

@@ -40,6 +40,9 @@ def test_objectives_are_one_loss_up_to_the_snr_factor():
         # min-SNR makes every objective weigh x0 errors by min(SNR, gamma)
         weighted = diffusion_loss(output, x0, eps, t, s, prediction_type, "min_snr", 5.0).double()
         torch.testing.assert_close(weighted, snr.clamp(max=5.0) * x0_loss, rtol=1e-5, atol=1e-9)
+        # min_snr_plus_one weighs them by min(SNR + 1, gamma): 1 (not ~0) at high noise, gamma at low noise
+        capped = diffusion_loss(output, x0, eps, t, s, prediction_type, "min_snr_plus_one", 5.0).double()
+        torch.testing.assert_close(capped, (snr + 1).clamp(max=5.0) * x0_loss, rtol=1e-5, atol=1e-9)
 
 
 def test_perfect_prediction_has_zero_loss_and_shape_is_per_example():
@@ -47,6 +50,17 @@ def test_perfect_prediction_has_zero_loss_and_shape_is_per_example():
     x0, eps, t = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8), torch.randint(0, 1000, (4,))
     loss = diffusion_loss(s.velocity(x0, eps, t), x0, eps, t, s, "v")
     assert loss.shape == (4,) and loss.abs().max() < 1e-10
+
+
+def test_min_snr_plus_one_is_the_v_loss_capped_at_gamma():
+    """For v: weight 1 wherever SNR + 1 <= gamma (the plain v loss), gamma / (SNR + 1) above; min-SNR's
+    weight at the same SNR is never larger, and vanishes at SNR -> 0 where this one stays 1."""
+    snr = torch.tensor([0.0, 1e-4, 0.5, 3.0, 4.0, 10.0, 1e3], dtype=torch.float64)
+    got = loss_weight(snr, "v", "min_snr_plus_one", 5.0)
+    expected = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 5.0 / 11.0, 5.0 / 1001.0], dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    assert (loss_weight(snr, "v", "min_snr", 5.0) <= got).all()
+    assert loss_weight(snr, "v", "min_snr", 5.0)[0] == 0.0
 
 
 def test_bad_weighting():

@@ -77,6 +77,23 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
             torch.testing.assert_close(b[key][name], a[key][name], atol=1e-6, rtol=0, msg=f"{key}.{name}")
 
 
+def test_text_lr_scale_puts_the_text_encoder_in_its_own_group_and_survives_resume(tmp_path):
+    """optim.text_lr_scale=4: the text encoder's parameters (and only they) train at 4x the UNet's learning
+    rate at every step, and a resumed run keeps the groups and the scale."""
+    first = train(tiny_train_cfg(tmp_path / "a", "trainer.max_steps=2", "optim.text_lr_scale=4", "optim.warmup_steps=0",
+                                 "optim.decay=constant"))
+    groups = ckpt.load_checkpoint(first)["optimizer"]["param_groups"]
+    text_size = sum(v.numel() for k, v in ckpt.load_checkpoint(first)["model"].items() if k.startswith("text_encoder."))
+    assert [g["lr_scale"] for g in groups] == [1.0, 4.0]
+    assert groups[1]["lr"] == pytest.approx(4 * groups[0]["lr"])
+    state = ckpt.load_checkpoint(first)["optimizer"]["state"]
+    assert sum(state[i]["exp_avg"].numel() for i in groups[1]["params"]) == text_size
+    resumed = train(tiny_train_cfg(tmp_path / "b", "trainer.max_steps=3", "optim.text_lr_scale=4", "optim.warmup_steps=0",
+                                   "optim.decay=constant", f"resume={first}"))
+    groups = ckpt.load_checkpoint(resumed)["optimizer"]["param_groups"]
+    assert groups[1]["lr"] == pytest.approx(4 * groups[0]["lr"])
+
+
 def test_resume_auto_finds_the_newest_loadable_checkpoint(tmp_path):
     runs = tmp_path / "outputs" / "2026-01-01"
     first = train(tiny_train_cfg(runs / "10-00-00", "trainer.max_steps=2"))

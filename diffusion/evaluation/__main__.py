@@ -49,6 +49,7 @@ def main(argv=None) -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ema", action="store_true", help="score the raw weights instead of the EMA weights")
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--kid-subset-size", type=int, default=1000)
     parser.add_argument("--cache-dir", type=Path, default=None, help="where reference statistics are cached")
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
         from diffusion.evaluation.score import evaluate, sampler_config
         from diffusion.loading import load_diffusion_checkpoint
 
-        loaded = load_diffusion_checkpoint(args.ckpt, device)
+        loaded = load_diffusion_checkpoint(args.ckpt, device, use_ema=not args.no_ema)
         extractor = make_extractor(args.extractor, inception_weights=args.inception_weights,
                                    probe_resolution=int(loaded.payload["data"]["resolution"]), device=device)
         result = evaluate(loaded, extractor, num=args.num, ref_num=args.ref_num, steps=args.steps,

@@ -139,7 +139,7 @@ def train_first_stage(cfg, device: torch.device) -> Path:
         while step < trainer.max_steps:
             lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             with_critic = critic is not None and critic_active(step, loss_cfg.critic_start_step)
             for micro in range(trainer.grad_accum):
                 x = next(stream)["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)

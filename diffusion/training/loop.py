@@ -60,6 +60,9 @@ def validate(cfg) -> None:
         raise UserError(f"diffusion.caption_dropout must be in [0, 1), got {cfg.diffusion.caption_dropout}")
     if not isinstance(cfg.optim.lr, (int, float)) or not cfg.optim.lr > 0:
         raise UserError(f"optim.lr must be a number > 0, got {cfg.optim.lr!r}")
+    text_lr_scale = cfg.optim.get("text_lr_scale", 1.0)
+    if not isinstance(text_lr_scale, (int, float)) or not text_lr_scale > 0:
+        raise UserError(f"optim.text_lr_scale must be a number > 0, got {text_lr_scale!r}")
     check_choice("diffusion.prediction_type", cfg.diffusion.prediction_type, PREDICTION_TYPES)
     check_choice("diffusion.loss_weighting", cfg.diffusion.loss_weighting, WEIGHTINGS)
     check_choice("trainer.precision", trainer.precision, ("auto", "fp32", "bf16"))
@@ -93,7 +96,8 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     ema = EMA(model, trainer.ema_decay, trainer.ema_warmup)
-    optimizer = make_optimizer(model.parameters(), cfg.optim, device)
+    optimizer = make_optimizer(model.parameters(), cfg.optim, device,
+                               model.text_encoder.parameters() if model.text_encoder is not None else ())
     start_step, samples_seen = 0, 0
     if resumed:
         start_step, samples_seen = load_training_state(resumed, model, ema, optimizer)
@@ -138,7 +142,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
         while step < trainer.max_steps:
             lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             for micro in range(trainer.grad_accum):
                 batch = next(stream)
                 sync = contextlib.nullcontext()
