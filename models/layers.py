@@ -24,7 +24,8 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with 32 groups where the channels allow it (Wu & He 2018), fewer for small widths."""
+    """GroupNorm with 32 groups where the channels allow it (Wu & He 2018), fewer for small widths. At
+    widths <= 32 that is one channel per group (instance norm); `max_groups=8` keeps >= 2 channels a group."""
     groups = math.gcd(max_groups, channels)
     return nn.GroupNorm(groups, channels, eps=1e-6 if groups == max_groups else 1e-5)
 
@@ -47,13 +48,13 @@ class ResBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int | None = None, dropout: float = 0.0,
-                 scale_shift: bool = True):
+                 scale_shift: bool = True, norm_groups: int = 32):
         super().__init__()
         self.scale_shift = scale_shift and emb_dim is not None
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, norm_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb = None if emb_dim is None else nn.Linear(emb_dim, out_channels * (2 if self.scale_shift else 1))
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, norm_groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
@@ -165,9 +166,9 @@ class TransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """Image features attend to themselves and to text: GroupNorm -> 1x1 in -> TransformerBlock -> 1x1 out (zero) + x."""
 
-    def __init__(self, channels: int, heads: int, context_dim: int, dropout: float = 0.0):
+    def __init__(self, channels: int, heads: int, context_dim: int, dropout: float = 0.0, norm_groups: int = 32):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.proj_in = nn.Conv2d(channels, channels, 1)
         self.block = TransformerBlock(channels, heads, context_dim, dropout)
         self.proj_out = zero_init(nn.Conv2d(channels, channels, 1))
@@ -184,10 +185,10 @@ class SelfAttention2d(nn.Module):
     """The attention block of Ho et al. 2020 for unconditional and class-conditional networks:
     GroupNorm -> q, k, v (1x1) -> attention over the H*W positions -> 1x1 out (zero) + x."""
 
-    def __init__(self, channels: int, heads: int = 1):
+    def __init__(self, channels: int, heads: int = 1, norm_groups: int = 32):
         super().__init__()
         self.heads = heads
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.qkv = nn.Conv2d(channels, channels * 3, 1)
         self.proj_out = zero_init(nn.Conv2d(channels, channels, 1))
 

@@ -47,6 +47,8 @@ class UNet(nn.Module):
         pooled_dim: int | None = None,  # width of a pooled text vector added to the time embedding
         num_classes: int | None = None,  # class-conditional when set
         scale_shift: bool = True,  # FiLM time conditioning (Dhariwal & Nichol 2021); False = additive (Ho et al.)
+        norm_groups: int = 32,  # GroupNorm groups (at most; gcd with the width): 32 makes widths <= 32 instance norm
+        emb_dim: int | None = None,  # width of the time (+ text / class) embedding; None: 4 * base_channels
         gradient_checkpointing: bool = False,  # recompute block activations in backward to save memory
     ):
         super().__init__()
@@ -59,7 +61,7 @@ class UNet(nn.Module):
         self.downsampling = 2 ** (len(channel_mult) - 1)
         self.context_dim = context_dim
         self.gradient_checkpointing = gradient_checkpointing
-        emb_dim = base_channels * 4
+        emb_dim = emb_dim or base_channels * 4
 
         self.time_embed = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes else None
@@ -71,11 +73,11 @@ class UNet(nn.Module):
 
         def attention_block(width: int) -> nn.Module:
             if context_dim is None:
-                return SelfAttention2d(width, heads_for(width))
-            return SpatialTransformer(width, heads_for(width), context_dim, dropout)
+                return SelfAttention2d(width, heads_for(width), norm_groups)
+            return SpatialTransformer(width, heads_for(width), context_dim, dropout, norm_groups)
 
         def res_block(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(c_in, c_out, emb_dim, dropout, scale_shift)
+            return ResBlock(c_in, c_out, emb_dim, dropout, scale_shift, norm_groups)
 
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
@@ -105,7 +107,7 @@ class UNet(nn.Module):
                                          Upsample(level_width) if level > 0 and block == num_res_blocks else None))
                 width = level_width
 
-        self.norm_out = group_norm(width)
+        self.norm_out = group_norm(width, norm_groups)
         self.conv_out = zero_init(nn.Conv2d(width, out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:

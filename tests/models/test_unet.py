@@ -55,6 +55,23 @@ def test_unet_base_has_the_ddpm_cifar10_parameter_count():
     assert abs(count - 35.7e6) / 35.7e6 < 0.01, count  # Ho et al. 2020 report 35.7M
 
 
+def test_norm_groups_and_emb_dim_shape_the_network():
+    """norm_groups caps the GroupNorm groups (default 32: one channel a group at widths <= 32); emb_dim sets
+    the time-embedding width (default 4 * base_channels) and every block's FiLM reads that width."""
+    def groups(net):
+        return sorted({(m.num_groups, m.num_channels) for m in net.modules() if isinstance(m, torch.nn.GroupNorm)})
+
+    kwargs = dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(2,), context_dim=32,
+                  pooled_dim=32)
+    default, eight = UNet(3, **kwargs), UNet(3, norm_groups=8, emb_dim=96, **kwargs)
+    assert groups(default) == [(16, 16), (16, 48), (32, 32), (32, 64), (32, 96), (32, 128)]  # 16 and 32 wide: instance norm
+    assert groups(eight) == [(8, 16), (8, 32), (8, 48), (8, 64), (8, 96), (8, 128)]
+    assert default.time_embed[-1].out_features == 64 and eight.time_embed[-1].out_features == 96
+    assert {m.emb.in_features for m in eight.modules() if hasattr(m, "emb") and m.emb is not None} == {96}
+    with torch.no_grad():
+        assert eight(torch.randn(2, 3, 16, 16), torch.tensor([3, 700]), text_cond(2)).shape == (2, 3, 16, 16)
+
+
 def test_output_layer_is_zero_initialised():
     net = UNet(3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=16)
     assert torch.count_nonzero(net(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]))) == 0
