@@ -20,6 +20,7 @@ from models.layers import attention
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 PAD, BOS, EOS, UNK = range(4)
+POOLINGS = ("mean", "attention", "mean_bow")
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[,.;:!?]")
 
 
@@ -114,21 +115,25 @@ class TextEncoder(nn.Module):
         heads: int = 4,
         max_length: int = 64,  # positions, including <bos> and <eos>; longer prompts are truncated with a warning
         dropout: float = 0.0,
-        pooling: str = "mean",  # the sentence vector: "mean" of the real tokens, or "attention" (a learned query)
+        pooling: str = "mean",  # the sentence vector: "mean" of the real tokens, "attention" (a learned query), or
+        # "mean_bow": the mean plus a bag of words (the mean of a separate word-vector table over the prompt)
+        position_init_std: float = 0.02,  # initial scale of the position embeddings (the word embeddings' is 1)
     ):
         super().__init__()
-        if pooling not in ("mean", "attention"):
-            raise ValueError(f"unknown text pooling {pooling!r}; use mean or attention")
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown text pooling {pooling!r}; use one of: {', '.join(POOLINGS)}")
         self.tokenizer = Tokenizer(list(vocabulary), max_length)
         self.heads, self.pooling = heads, pooling
         self.width = width
         self.token_embedding = nn.Embedding(len(self.tokenizer), width)
-        self.position_embedding = nn.Parameter(torch.randn(max_length, width) * 0.02)
+        self.position_embedding = nn.Parameter(torch.randn(max_length, width) * position_init_std)
         self.layers = nn.ModuleList(EncoderLayer(width, heads, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         if pooling == "attention":  # pooled = softmax(q k^T / sqrt(d)) v over the real tokens, q learned
             self.pool_query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
             self.pool_kv = nn.Linear(width, 2 * width)
+        if pooling == "mean_bow":  # word vectors of their own: not shaped by (or shaping) the transformer
+            self.bow_embedding = nn.Embedding(len(self.tokenizer), width)
 
     @property
     def output_dim(self) -> int:
@@ -144,11 +149,13 @@ class TextEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         x = self.norm(x)
-        return TextEncoding(states=x, mask=mask, pooled=self.pool(x, mask))
+        return TextEncoding(states=x, mask=mask, pooled=self.pool(x, mask, ids))
 
-    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, states: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if self.pooling == "mean":
             return masked_mean(states, mask)
+        if self.pooling == "mean_bow":
+            return masked_mean(states, mask) + masked_mean(self.bow_embedding(ids), mask)
         k, v = self.pool_kv(states).chunk(2, dim=-1)  # (B, L, D) each
         query = self.pool_query.expand(states.shape[0], 1, -1)  # (B, 1, D)
         return attention(query, k, v, self.heads, mask)[:, 0]  # (B, D)

