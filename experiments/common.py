@@ -2,7 +2,7 @@
 the README they write (a markdown table + PNGs).
 
 Every script takes the same core options:
-  --steps N      training steps of each model it trains (default 1800: the default model's trainer.max_steps)
+  --steps N      training steps of each model it trains (default 2200: the default model's trainer.max_steps)
   --minutes M    a time cap on each training run (trainer.max_minutes); the lr schedule still spans --steps
   --ckpt PATH    reuse a trained toy-birds checkpoint where the experiment only samples
   --num N        images per setting
@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 from diffusion.data.toybirds import ATTRIBUTES  # noqa: E402
 from diffusion.workbench import TINY, load_model, train_model  # noqa: E402
 
-DEFAULT_STEPS = 1800  # conf/trainer/default.yaml's max_steps: the default model
+DEFAULT_STEPS = 2200  # conf/trainer/default.yaml's max_steps: the default model
 SMOKE_STEPS = 30
 SMOKE_PROBE_STEPS = 60
 

@@ -118,6 +118,7 @@ class TextEncoder(nn.Module):
         pooling: str = "mean",  # the sentence vector: "mean" of the real tokens, "attention" (a learned query), or
         # "mean_bow": the mean plus a bag of words (the mean of a separate word-vector table over the prompt)
         position_init_std: float = 0.02,  # initial scale of the position embeddings (the word embeddings' is 1)
+        bow_init_std: float = 1.0,  # initial scale of the bag-of-words table (pooling=mean_bow)
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -134,6 +135,7 @@ class TextEncoder(nn.Module):
             self.pool_kv = nn.Linear(width, 2 * width)
         if pooling == "mean_bow":  # word vectors of their own: not shaped by (or shaping) the transformer
             self.bow_embedding = nn.Embedding(len(self.tokenizer), width)
+            nn.init.normal_(self.bow_embedding.weight, std=bow_init_std)
 
     @property
     def output_dim(self) -> int:
