@@ -34,7 +34,7 @@ from diffusion.training.data import batch_stream, build_dataset, data_info
 from diffusion.training.ema import EMA
 from diffusion.training.logging import MetricsLogger
 from diffusion.training.loop import diverged, validate
-from diffusion.training.optim import lr_at, make_optimizer
+from diffusion.training.optim import lr_at, make_optimizer, set_lr
 from diffusion.training.reconstructions import ReconstructionCheck, first_images
 from diffusion.training.resume import resolve_resume, restore_rng, rng_state
 from diffusion.training.runtime import autocast, close_processes, init_processes, step_generator
@@ -138,8 +138,7 @@ def train_first_stage(cfg, device: torch.device) -> Path:
     with GracefulStop() as stop:
         while step < trainer.max_steps:
             lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+            set_lr(optimizer, lr)
             with_critic = critic is not None and critic_active(step, loss_cfg.critic_start_step)
             for micro in range(trainer.grad_accum):
                 x = next(stream)["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)

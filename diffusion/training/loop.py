@@ -26,7 +26,7 @@ from diffusion.training.data import batch_stream, build_dataset, data_info
 from diffusion.training.ema import EMA
 from diffusion.training.grids import SampleGrid
 from diffusion.training.logging import MetricsLogger
-from diffusion.training.optim import lr_at, make_optimizer
+from diffusion.training.optim import lr_at, make_optimizer, set_lr
 from diffusion.training.resume import resolve_resume, restore_rng, rng_state
 from diffusion.training.runtime import autocast, close_processes, init_processes, step_generator
 from diffusion.training.signals import GracefulStop
@@ -141,8 +141,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     with GracefulStop() as stop, bar:
         while step < trainer.max_steps:
             lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+            set_lr(optimizer, lr)
             for micro in range(trainer.grad_accum):
                 batch = next(stream)
                 sync = contextlib.nullcontext()

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from diffusion.errors import UserError, check_choice
+from diffusion.errors import check_choice
 
 
 def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, decay: str, min_lr_ratio: float) -> float:
@@ -25,9 +25,7 @@ def make_optimizer(parameters, cfg, device: torch.device, text_parameters=()) ->
     """AdamW over `parameters`; `text_parameters` (a subset of them) get `cfg.text_lr_scale` times the
     learning rate in a second group. Every group carries its `lr_scale`: the loop sets lr = lr_at(...) * lr_scale."""
     fused = (device.type == "cuda") if cfg.fused == "auto" else bool(cfg.fused)
-    text_scale = float(cfg.get("text_lr_scale", 1.0))
-    if text_scale <= 0:
-        raise UserError(f"optim.text_lr_scale must be > 0, got {text_scale}")
+    text_scale = float(cfg.get("text_lr_scale", 1.0))  # validated with the rest of the config (loop.validate)
     trainable = [p for p in parameters if p.requires_grad]
     text_ids = {id(p) for p in text_parameters if p.requires_grad}
     groups = [{"params": trainable, "lr_scale": 1.0}]
@@ -36,3 +34,9 @@ def make_optimizer(parameters, cfg, device: torch.device, text_parameters=()) ->
                   {"params": [p for p in trainable if id(p) in text_ids], "lr_scale": text_scale}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                              fused=fused or None)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """This step's learning rate, times each group's `lr_scale` (groups from older checkpoints have none: 1)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
