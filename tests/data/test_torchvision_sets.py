@@ -75,14 +75,20 @@ def test_missing_data_offline_is_one_user_error(tmp_path, monkeypatch):
         TorchvisionDataset("mnist", tmp_path / "nothing", download=False)
     assert str(tmp_path / "nothing") in str(error.value) and "\n" not in str(error.value)
 
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
+    class OfflineCIFAR10:
+        """Stands in for torchvision's CIFAR10: no torchvision download code runs, so nothing can reach the network.
+        With the files missing and a download asked for, it fails as torchvision does offline."""
+        requested = []
 
-    # the download is replaced, and any socket this process opens fails too: this test never reaches the network
-    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
-    monkeypatch.setattr(socket.socket, "connect", offline)
+        def __init__(self, root, train, download):
+            self.requested.append(download)
+            raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", OfflineCIFAR10)
+    monkeypatch.setattr(socket.socket, "connect", OfflineCIFAR10)  # belt and braces: any socket fails too
     with pytest.raises(UserError, match="network access"):
-        TorchvisionDataset("cifar10", tmp_path / "nothing", download=True)
+        TorchvisionDataset("cifar10", tmp_path / "nothing", download=True)  # reaches OfflineCIFAR10, not torchvision
+    assert OfflineCIFAR10.requested == [True]
 
 
 def test_unknown_name_is_a_user_error(tmp_path):
