@@ -13,6 +13,7 @@ class Cond:
     context_mask: torch.Tensor | None = None  # [B, L] True for real tokens
     pooled: torch.Tensor | None = None  # [B, D] one vector per prompt
     class_labels: torch.Tensor | None = None  # [B] int
+    token_ids: torch.Tensor | None = None  # [B, L] int, the prompt's tokens (0 = padding; real ones per context_mask)
 
     def __len__(self) -> int:
         for f in fields(self):
@@ -49,5 +50,7 @@ class Cond:
                 values = [pad(v, 0.0) for v in values]
             elif f.name == "context_mask":
                 values = [pad(v, False) for v in values]
+            elif f.name == "token_ids":
+                values = [pad(v, 0) for v in values]
             merged[f.name] = torch.cat(values)
         return Cond(**merged)

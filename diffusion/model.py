@@ -52,6 +52,8 @@ class DiffusionModel(nn.Module):
                 raise UserError("this model is text-conditional: give a prompt")
             encoding = self.text.encode(list(prompts), device=device)
             cond.context, cond.context_mask, cond.pooled = encoding.states, encoding.mask, encoding.pooled
+            if getattr(self.unet, "word_embed", None) is not None:
+                cond.token_ids = encoding.ids
         if self.num_classes is not None:
             n = len(prompts) if prompts is not None else len(class_labels)
             if class_labels is None:
@@ -91,7 +93,8 @@ def build_diffusion_model(cfg, data_info: dict, vocabulary: list[str] | None) ->
     channels = data_info["shape"][0]  # 3 for pixels, the autoencoder's latent channels for latents
     unet = build(cfg.model, where="model", in_channels=channels, out_channels=channels,
                  context_dim=width, pooled_dim=width if cfg.diffusion.get("pooled_text", True) else None,
-                 num_classes=num_classes + 1 if num_classes else None)  # + 1: the "no class" label for guidance
+                 num_classes=num_classes + 1 if num_classes else None,
+                 **({"vocab_size": text.vocab_size} if text is not None and cfg.diffusion.get("word_embedding") else {}))  # + 1: the "no class" label for guidance
     return DiffusionModel(unet, text, num_classes)
 
 

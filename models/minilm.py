@@ -49,6 +49,10 @@ class MiniLMEncoder(nn.Module):
     def output_dim(self) -> int:
         return self.width
 
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
     def train(self, mode: bool = True):
         return super().train(False)  # frozen: dropout stays off
 
@@ -60,4 +64,4 @@ class MiniLMEncoder(nn.Module):
             batch = batch.to(device)
         mask = batch["attention_mask"].bool()
         states = self.transformer(**batch).last_hidden_state  # (B, L, 384)
-        return TextEncoding(states=states, mask=mask, pooled=masked_mean(states, mask))
+        return TextEncoding(states=states, mask=mask, pooled=masked_mean(states, mask), ids=batch["input_ids"])

@@ -81,6 +81,7 @@ class TextEncoding:
     states: torch.Tensor  # [B, L, D] per-token states: the UNet's cross-attention context
     mask: torch.Tensor  # [B, L] True for real tokens
     pooled: torch.Tensor  # [B, D] sentence vector: mean (or attention pooling) of the real tokens' states
+    ids: torch.Tensor | None = None  # [B, L] the token ids (the UNet's bag of words reads them)
 
 
 class EncoderLayer(nn.Module):
@@ -141,6 +142,10 @@ class TextEncoder(nn.Module):
     def output_dim(self) -> int:
         return self.width
 
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
     def encode(self, prompts: list[str], device=None) -> TextEncoding:
         ids, mask = self.tokenizer(list(prompts))
         # non_blocking: a plain .to(cuda) would wait for the GPU's queue (a host-device sync per training step)
@@ -151,7 +156,7 @@ class TextEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         x = self.norm(x)
-        return TextEncoding(states=x, mask=mask, pooled=self.pool(x, mask, ids))
+        return TextEncoding(states=x, mask=mask, pooled=self.pool(x, mask, ids), ids=ids)
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if self.pooling == "mean":

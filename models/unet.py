@@ -21,6 +21,8 @@ from torch.utils.checkpoint import checkpoint
 from models.layers import (Downsample, ResBlock, SelfAttention2d, SpatialTransformer, Upsample, group_norm,
                            timestep_embedding, zero_init)
 
+WORD_POOLINGS = ("sum", "rms", "mean")
+
 
 def cond_field(cond, name: str):
     """Read an optional conditioning field from a dict, a dataclass, or None."""
@@ -46,12 +48,18 @@ class UNet(nn.Module):
         context_dim: int | None = None,  # width of the text states; None: no cross-attention
         pooled_dim: int | None = None,  # width of a pooled text vector added to the time embedding
         num_classes: int | None = None,  # class-conditional when set
+        vocab_size: int | None = None,  # a bag of words: one learned vector per token added to the time embedding
+        word_pooling: str = "sum",  # how the prompt's word vectors combine: sum | rms (sum / sqrt(n)) | mean
+        word_init_std: float = 1.0,  # initial scale of the word vectors (a class embedding's is 1)
+        bigram_buckets: int = 0,  # > 0: word pairs too, hashed into this many vectors (fastText; Joulin et al. 2017)
         scale_shift: bool = True,  # FiLM time conditioning (Dhariwal & Nichol 2021); False = additive (Ho et al.)
         norm_groups: int = 32,  # GroupNorm groups (at most; gcd with the width): 32 makes widths <= 32 instance norm
         emb_dim: int | None = None,  # width of the time (+ text / class) embedding; None: 4 * base_channels
         gradient_checkpointing: bool = False,  # recompute block activations in backward to save memory
     ):
         super().__init__()
+        if word_pooling not in WORD_POOLINGS:
+            raise ValueError(f"unknown word_pooling {word_pooling!r}; use one of: {', '.join(WORD_POOLINGS)}")
         out_channels = out_channels or in_channels
         channel_mult = tuple(channel_mult)
         attention_levels = tuple(attention_levels)
@@ -65,6 +73,13 @@ class UNet(nn.Module):
 
         self.time_embed = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes else None
+        self.word_embed = nn.Embedding(vocab_size, emb_dim) if vocab_size else None
+        if self.word_embed is not None:
+            nn.init.normal_(self.word_embed.weight, std=word_init_std)
+        self.word_pooling = word_pooling
+        self.bigram_embed = nn.Embedding(bigram_buckets, emb_dim) if vocab_size and bigram_buckets else None
+        if self.bigram_embed is not None:
+            nn.init.normal_(self.bigram_embed.weight, std=word_init_std)
         self.pooled_embed = (nn.Sequential(nn.Linear(pooled_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
                              if pooled_dim else None)
 
@@ -123,6 +138,12 @@ class UNet(nn.Module):
             emb = emb + self.class_embed(cond_field(cond, "class_labels"))
         if self.pooled_embed is not None:
             emb = emb + self.pooled_embed(cond_field(cond, "pooled"))
+        if self.word_embed is not None:
+            token_ids = cond_field(cond, "token_ids")
+            if token_ids is None:
+                raise ValueError("this UNet adds word vectors (vocab_size): pass cond with `token_ids` [B, L] and "
+                                 "`context_mask` [B, L]")
+            emb = emb + self.bag_of_words(token_ids, cond_field(cond, "context_mask"))
         context, context_mask = cond_field(cond, "context"), cond_field(cond, "context_mask")
         if self.context_dim is not None and context is None:
             raise ValueError("this UNet is text-conditional: pass cond with `context` [B, L, context_dim]")
@@ -137,6 +158,25 @@ class UNet(nn.Module):
         for stage in self.up:
             h = self._run(stage, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         return self.conv_out(torch.nn.functional.silu(self.norm_out(h)))
+
+    def bag_of_words(self, token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The prompt's word vectors combined: [B, L] ids, [B, L] mask -> [B, emb_dim]."""
+        weights = mask.to(self.word_embed.weight.dtype)[..., None]  # (B, L, 1)
+        bag = self.pool_words(self.word_embed(token_ids), weights)  # (B, emb_dim)
+        if self.bigram_embed is not None:  # the pair (a, b) -> bucket (a * P + b) mod buckets, P a large prime
+            pairs = (token_ids[:, :-1] * 1_000_003 + token_ids[:, 1:]) % self.bigram_embed.num_embeddings  # (B, L-1)
+            bag = bag + self.pool_words(self.bigram_embed(pairs), weights[:, :-1] * weights[:, 1:])
+        return bag
+
+    def pool_words(self, vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) vectors, (B, L, 1) 0/1 weights -> (B, D): their sum, sum / sqrt(n) or mean."""
+        total = (vectors * weights).sum(1)
+        count = weights.sum(1).clamp(min=1)  # (B, 1)
+        if self.word_pooling == "rms":
+            return total / count.sqrt()
+        if self.word_pooling == "mean":
+            return total / count
+        return total
 
     def _run(self, stage, h, emb, context, context_mask):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

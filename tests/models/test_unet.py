@@ -150,3 +150,51 @@ def test_the_network_learns_a_fixed_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])
+
+
+def word_unet(**kwargs) -> UNet:
+    torch.manual_seed(0)
+    return UNet(3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8,
+                context_dim=32, vocab_size=20, **kwargs)
+
+
+def test_bag_of_words_is_the_pooled_rows_of_the_prompt_words_and_ignores_padding():
+    """vocab_size: emb += the prompt's word vectors combined (sum, rms = sum / sqrt(n), or mean), real tokens only."""
+    ids = torch.tensor([[1, 5, 7, 7, 2, 0, 0]])  # <bos> 5 7 7 <eos> <pad> <pad>
+    mask = ids != 0
+    for pooling, divisor in (("sum", 1.0), ("rms", 5 ** 0.5), ("mean", 5.0)):
+        net = word_unet(word_pooling=pooling)
+        rows = net.word_embed.weight
+        expected = (rows[1] + rows[5] + 2 * rows[7] + rows[2]) / divisor
+        torch.testing.assert_close(net.bag_of_words(ids, mask)[0], expected)
+        junk = ids.masked_fill(~mask, 9)  # whatever sits under the padding is never read
+        torch.testing.assert_close(net.bag_of_words(junk, mask), net.bag_of_words(ids, mask))
+
+
+def test_bigrams_make_word_order_visible_and_never_pair_with_padding():
+    """bigram_buckets > 0 adds a vector per adjacent word pair (hashed), so "red bird, blue wings" and
+    "blue bird, red wings" get different bags; unigrams alone cannot tell them apart."""
+    red_first, blue_first = torch.tensor([[1, 5, 6, 7, 8, 2]]), torch.tensor([[1, 7, 6, 5, 8, 2]])
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    unigrams, bigrams = word_unet(word_pooling="sum"), word_unet(word_pooling="sum", bigram_buckets=64)
+    torch.testing.assert_close(unigrams.bag_of_words(red_first, mask), unigrams.bag_of_words(blue_first, mask))
+    assert (bigrams.bag_of_words(red_first, mask) - bigrams.bag_of_words(blue_first, mask)).abs().max() > 0.1
+    rows, pairs = bigrams.word_embed.weight, bigrams.bigram_embed.weight
+    bucket = lambda a, b: (a * 1_000_003 + b) % 64  # noqa: E731
+    short = torch.tensor([[1, 5, 2, 0, 0]])
+    expected = rows[1] + rows[5] + rows[2] + pairs[bucket(1, 5)] + pairs[bucket(5, 2)]  # no (2, pad) pair
+    torch.testing.assert_close(bigrams.bag_of_words(short, short != 0)[0], expected)
+
+
+def test_words_reach_the_output_through_the_time_embedding():
+    """Two prompts that differ in one word change the output even with no cross-attention or pooled vector."""
+    net = unzero(UNet(3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(), head_dim=8,
+                      context_dim=32, vocab_size=20))
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([400])
+    context, mask = torch.zeros(1, 4, 32), torch.ones(1, 4, dtype=torch.bool)
+    left = {"context": context, "context_mask": mask, "token_ids": torch.tensor([[1, 5, 10, 2]])}
+    right = {**left, "token_ids": torch.tensor([[1, 5, 11, 2]])}
+    with torch.no_grad():
+        assert (net(x, t, left) - net(x, t, right)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="token_ids"):
+        net(x, t, {"context": context, "context_mask": mask})
