@@ -76,11 +76,16 @@ def test_ddim_steps_match_diffusers(prediction_type, eta, spacing, zero_terminal
         else:  # float32 alpha-bars as shipped: x0 = x_t / sqrt(a) amplifies their rounding near t = 0
             tol = dict(atol=2e-3 if prediction_type == "x0" else 1e-4, rtol=1e-4)
         assert torch.isfinite(got.prev_sample).all()
+        rounding_edge = zero_terminal_snr and eta == 1.0 and t == 999 and not float64_reference
         if not torch.isfinite(expected.prev_sample).all():
             # diffusers in float32 at SNR 0 with eta = 1: 1 - a_prev - sigma^2 is 0 in exact arithmetic
             # and rounds below 0, so its sqrt is NaN; ours clamps at 0. Only this case is exempt.
-            assert zero_terminal_snr and eta == 1.0 and t == 999 and not float64_reference
+            assert rounding_edge
             continue
+        if rounding_edge:
+            # ... or it rounds just above 0 (diffusers 0.42 does), and sqrt(float32 round-off ~ 1e-7) ~ 3e-4
+            # scales the direction term: the two agree to that, not to 1e-4
+            tol = dict(atol=3e-3, rtol=0)
         torch.testing.assert_close(got.prev_sample, expected.prev_sample, **tol)
         torch.testing.assert_close(got.pred_x0, expected.pred_original_sample, **tol)
 
