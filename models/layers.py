@@ -149,15 +149,21 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm self-attention -> cross-attention -> MLP, each a residual (Rombach et al. 2022, section 3.3)."""
+    """Pre-norm self-attention -> cross-attention -> MLP, each a residual (Rombach et al. 2022, section 3.3).
+    `cross_only`: the cross-attention alone, for high resolutions where self-attention over H*W positions and
+    the MLP cost most of the block."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, context_dim: int, dropout: float = 0.0, cross_only: bool = False):
         super().__init__()
-        self.norm1, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.cross_only = cross_only
+        if not cross_only:
+            self.norm1, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads)
+            self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, dropout=dropout)
         self.norm2, self.cross_attn = nn.LayerNorm(dim), Attention(dim, heads, context_dim)
-        self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, dropout=dropout)
 
     def forward(self, x, context, context_mask=None):  # x: (B, N, D) with N = H * W
+        if self.cross_only:
+            return x + self.cross_attn(self.norm2(x), context, context_mask)
         x = x + self.self_attn(self.norm1(x))
         x = x + self.cross_attn(self.norm2(x), context, context_mask)
         return x + self.ff(self.norm3(x))
@@ -166,11 +172,12 @@ class TransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """Image features attend to themselves and to text: GroupNorm -> 1x1 in -> TransformerBlock -> 1x1 out (zero) + x."""
 
-    def __init__(self, channels: int, heads: int, context_dim: int, dropout: float = 0.0, norm_groups: int = 32):
+    def __init__(self, channels: int, heads: int, context_dim: int, dropout: float = 0.0, norm_groups: int = 32,
+                 cross_only: bool = False):
         super().__init__()
         self.norm = group_norm(channels, norm_groups)
         self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.block = TransformerBlock(channels, heads, context_dim, dropout)
+        self.block = TransformerBlock(channels, heads, context_dim, dropout, cross_only)
         self.proj_out = zero_init(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x, context, context_mask=None):

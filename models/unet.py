@@ -42,6 +42,7 @@ class UNet(nn.Module):
         channel_mult: tuple = (1, 2, 2),  # width of level i = base_channels * channel_mult[i]
         num_res_blocks: int = 2,  # residual blocks per level on the way down (one more on the way up)
         attention_levels: tuple = (1, 2),  # levels (0 = full resolution) with attention; the middle always has it
+        cross_attention_levels: tuple = (),  # levels with cross-attention to the text only (no self-attention / MLP)
         num_heads: int | None = None,  # attention heads; or give head_dim instead
         head_dim: int | None = 32,  # channels per head (heads = width // head_dim) when num_heads is None
         dropout: float = 0.0,
@@ -62,9 +63,10 @@ class UNet(nn.Module):
             raise ValueError(f"unknown word_pooling {word_pooling!r}; use one of: {', '.join(WORD_POOLINGS)}")
         out_channels = out_channels or in_channels
         channel_mult = tuple(channel_mult)
-        attention_levels = tuple(attention_levels)
-        if any(not 0 <= level < len(channel_mult) for level in attention_levels):
-            raise ValueError(f"attention_levels {attention_levels} must be in [0, {len(channel_mult)})")
+        attention_levels, cross_attention_levels = tuple(attention_levels), tuple(cross_attention_levels)
+        for name, levels in (("attention_levels", attention_levels), ("cross_attention_levels", cross_attention_levels)):
+            if any(not 0 <= level < len(channel_mult) for level in levels):
+                raise ValueError(f"{name} {levels} must be in [0, {len(channel_mult)})")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.downsampling = 2 ** (len(channel_mult) - 1)
         self.context_dim = context_dim
@@ -91,6 +93,13 @@ class UNet(nn.Module):
                 return SelfAttention2d(width, heads_for(width), norm_groups)
             return SpatialTransformer(width, heads_for(width), context_dim, dropout, norm_groups)
 
+        def level_attention(level: int, width: int) -> nn.Module | None:
+            if level in attention_levels:
+                return attention_block(width)
+            if level in cross_attention_levels and context_dim is not None:
+                return SpatialTransformer(width, heads_for(width), context_dim, dropout, norm_groups, cross_only=True)
+            return None
+
         def res_block(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, emb_dim, dropout, scale_shift, norm_groups)
 
@@ -102,8 +111,7 @@ class UNet(nn.Module):
         skip_widths, width = [base_channels], base_channels
         for level, level_width in enumerate(widths):
             for _ in range(num_res_blocks):
-                self.down.append(UNetStage(res_block(width, level_width),
-                                           attention_block(level_width) if level in attention_levels else None))
+                self.down.append(UNetStage(res_block(width, level_width), level_attention(level, level_width)))
                 width = level_width
                 skip_widths.append(width)
             if level < len(widths) - 1:
@@ -118,7 +126,7 @@ class UNet(nn.Module):
         for level, level_width in reversed(list(enumerate(widths))):
             for block in range(num_res_blocks + 1):
                 self.up.append(UNetStage(res_block(width + skip_widths.pop(), level_width),
-                                         attention_block(level_width) if level in attention_levels else None,
+                                         level_attention(level, level_width),
                                          Upsample(level_width) if level > 0 and block == num_res_blocks else None))
                 width = level_width
 

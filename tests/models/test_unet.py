@@ -198,3 +198,23 @@ def test_words_reach_the_output_through_the_time_embedding():
         assert (net(x, t, left) - net(x, t, right)).abs().max() > 1e-3
     with pytest.raises(ValueError, match="token_ids"):
         net(x, t, {"context": context, "context_mask": mask})
+
+
+def test_cross_attention_levels_add_text_only_blocks():
+    """cross_attention_levels: a level gets cross-attention to the text and nothing else (no self-attention, no
+    MLP), so the prompt reaches a higher resolution at a fraction of a full transformer block's cost."""
+    from models.layers import SpatialTransformer
+
+    kwargs = dict(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(2,), head_dim=8,
+                  context_dim=32)
+    plain, crossed = UNet(3, **kwargs), UNet(3, cross_attention_levels=(1,), **kwargs)
+    blocks = lambda net: [m.block for m in net.modules() if isinstance(m, SpatialTransformer)]  # noqa: E731
+    assert len(blocks(crossed)) == len(blocks(plain)) + 3  # one level-1 block down, two up
+    light = [b for b in blocks(crossed) if b.cross_only]
+    assert len(light) == 3 and not any(hasattr(b, "self_attn") or hasattr(b, "ff") for b in light)
+    net = unzero(crossed).eval()
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([300])
+    with torch.no_grad():
+        assert (net(x, t, text_cond(1)) - net(x, t, text_cond(1, seed=1))).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="cross_attention_levels"):
+        UNet(3, **{**kwargs, "cross_attention_levels": (3,)})
