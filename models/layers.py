@@ -153,12 +153,13 @@ class TransformerBlock(nn.Module):
     `cross_only`: the cross-attention alone, for high resolutions where self-attention over H*W positions and
     the MLP cost most of the block."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int, dropout: float = 0.0, cross_only: bool = False):
+    def __init__(self, dim: int, heads: int, context_dim: int, dropout: float = 0.0, cross_only: bool = False,
+                 ff_mult: int = 4):
         super().__init__()
         self.cross_only = cross_only
         if not cross_only:
             self.norm1, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads)
-            self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, dropout=dropout)
+            self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, ff_mult, dropout)
         self.norm2, self.cross_attn = nn.LayerNorm(dim), Attention(dim, heads, context_dim)
 
     def forward(self, x, context, context_mask=None):  # x: (B, N, D) with N = H * W
@@ -173,11 +174,11 @@ class SpatialTransformer(nn.Module):
     """Image features attend to themselves and to text: GroupNorm -> 1x1 in -> TransformerBlock -> 1x1 out (zero) + x."""
 
     def __init__(self, channels: int, heads: int, context_dim: int, dropout: float = 0.0, norm_groups: int = 32,
-                 cross_only: bool = False):
+                 cross_only: bool = False, ff_mult: int = 4):
         super().__init__()
         self.norm = group_norm(channels, norm_groups)
         self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.block = TransformerBlock(channels, heads, context_dim, dropout, cross_only)
+        self.block = TransformerBlock(channels, heads, context_dim, dropout, cross_only, ff_mult)
         self.proj_out = zero_init(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x, context, context_mask=None):

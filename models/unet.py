@@ -43,6 +43,7 @@ class UNet(nn.Module):
         num_res_blocks: int = 2,  # residual blocks per level on the way down (one more on the way up)
         attention_levels: tuple = (1, 2),  # levels (0 = full resolution) with attention; the middle always has it
         cross_attention_levels: tuple = (),  # levels with cross-attention to the text only (no self-attention / MLP)
+        ff_mult: int = 4,  # hidden width of the transformer blocks' MLP, in multiples of the block width
         num_heads: int | None = None,  # attention heads; or give head_dim instead
         head_dim: int | None = 32,  # channels per head (heads = width // head_dim) when num_heads is None
         dropout: float = 0.0,
@@ -91,7 +92,7 @@ class UNet(nn.Module):
         def attention_block(width: int) -> nn.Module:
             if context_dim is None:
                 return SelfAttention2d(width, heads_for(width), norm_groups)
-            return SpatialTransformer(width, heads_for(width), context_dim, dropout, norm_groups)
+            return SpatialTransformer(width, heads_for(width), context_dim, dropout, norm_groups, ff_mult=ff_mult)
 
         def level_attention(level: int, width: int) -> nn.Module | None:
             if level in attention_levels:

@@ -218,3 +218,13 @@ def test_cross_attention_levels_add_text_only_blocks():
         assert (net(x, t, text_cond(1)) - net(x, t, text_cond(1, seed=1))).abs().max() > 1e-3
     with pytest.raises(ValueError, match="cross_attention_levels"):
         UNet(3, **{**kwargs, "cross_attention_levels": (3,)})
+
+
+def test_ff_mult_sets_the_transformer_mlp_width():
+    from models.layers import FeedForward
+
+    for mult in (1, 4):
+        net = UNet(3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8,
+                   context_dim=32, ff_mult=mult)
+        widths = {(m.proj_in.in_features, m.proj_out.in_features) for m in net.modules() if isinstance(m, FeedForward)}
+        assert widths == {(32, 32 * mult)}  # the middle and level 1 are both 32 wide
