@@ -9,6 +9,9 @@ The mapping (read from diffusers' unet_2d_condition.py / unet_2d.py):
     context_dim                           cross_attention_dim
     pooled_dim (Linear-SiLU-Linear)       class_embed_type="projection", projection_class_embeddings_input_dim
     scale_shift=True                      resnet_time_scale_shift="scale_shift"
+    emb_dim                               time_embedding_dim
+Our bag of words (vocab_size: an embedding lookup added to the time embedding) has no diffusers counterpart;
+the benchmarks build both networks without it.
 Unconditional configs (unet_base, DDPM CIFAR-10, SelfAttention2d) map to UNet2DModel with
 AttnDownBlock2D / AttnUpBlock2D at the attention levels; attention_head_dim=None there means one head.
 Both sides have exactly the same parameter shapes; `check_same_architecture` asserts it.
@@ -76,6 +79,8 @@ def build_reference(name: str, context_dim: int | None, in_channels: int = 3, re
                   resnet_time_scale_shift="scale_shift" if cfg.scale_shift else "default",
                   norm_num_groups=math.gcd(32, cfg.base_channels),  # constructible; match_group_norms sets each layer
                   norm_eps=1e-6)  # our GroupNorms with 32 groups use 1e-6 (models/layers.py: group_norm)
+    if cfg.get("emb_dim"):  # our time-embedding width; both default to 4 * the first width
+        common["time_embedding_dim"] = cfg.emb_dim
     if context_dim is None:
         heads = heads_per_level(cfg)
         if any(h != 1 for h in heads):

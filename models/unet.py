@@ -2,14 +2,19 @@
 
 Called as `model(x_t, t, cond)`, where `cond` is a mapping or an object with optional fields
 `context` [B, L, context_dim] (token states to cross-attend to), `context_mask` [B, L] (True for real
-tokens), `pooled` [B, pooled_dim] (a sentence vector added to the time embedding) and
-`class_labels` [B] (int). The same class is unconditional (none of them), class-conditional
-(`num_classes`) or text-conditional (`context_dim`).
+tokens), `pooled` [B, pooled_dim] (a sentence vector added to the time embedding), `token_ids` [B, L]
+(the prompt's tokens, for the bag of words) and `class_labels` [B] (int). The same class is unconditional
+(none of them), class-conditional (`num_classes`) or text-conditional (`context_dim`).
 
-Shape walk for unet_tiny at 32x32 (base 16, mult 1-2-4, attention at level 2 and in the middle):
+What reaches every residual block is one embedding, emb = time + class + pooled text + bag of words:
+with `vocab_size` every token of the prompt has a learned vector of its own (a class embedding per word),
+pooled as sum / sqrt(number of words), so a word like "left" reaches every block from the first step,
+while cross-attention decides which word belongs where.
+
+Shape walk for unet_tiny at 32x32 (base 16, mult 1-2-2, transformer blocks at 16x16, 8x8 and the middle):
     x (B,3,32,32) -> conv_in (B,16,32,32) -> level 0 (B,16,32,32) -> down (B,16,16,16)
-    -> level 1 (B,32,16,16) -> down (B,32,8,8) -> level 2 + cross-attention (B,64,8,8) -> middle (B,64,8,8)
-    -> up path mirrored with skips -> out (B,3,32,32)
+    -> level 1 + attention (B,32,16,16) -> down (B,32,8,8) -> level 2 + attention (B,32,8,8) -> middle (B,32,8,8)
+    -> up path mirrored with skips (attention at 8x8 and 16x16) -> out (B,3,32,32)
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ class UNet(nn.Module):
         pooled_dim: int | None = None,  # width of a pooled text vector added to the time embedding
         num_classes: int | None = None,  # class-conditional when set
         vocab_size: int | None = None,  # a bag of words: one learned vector per token added to the time embedding
-        word_pooling: str = "sum",  # how the prompt's word vectors combine: sum | rms (sum / sqrt(n)) | mean
+        word_pooling: str = "rms",  # how the prompt's word vectors combine: sum | rms (sum / sqrt(n)) | mean
         word_init_std: float = 1.0,  # initial scale of the word vectors (a class embedding's is 1)
         bigram_buckets: int = 0,  # > 0: word pairs too, hashed into this many vectors (fastText; Joulin et al. 2017)
         scale_shift: bool = True,  # FiLM time conditioning (Dhariwal & Nichol 2021); False = additive (Ho et al.)
@@ -76,13 +81,10 @@ class UNet(nn.Module):
 
         self.time_embed = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes else None
-        self.word_embed = nn.Embedding(vocab_size, emb_dim) if vocab_size else None
-        if self.word_embed is not None:
-            nn.init.normal_(self.word_embed.weight, std=word_init_std)
+        # the bag of words: a vector per token (and per hashed word pair), like a class embedding per word
+        self.word_embed = word_table(vocab_size, emb_dim, word_init_std) if vocab_size else None
+        self.bigram_embed = word_table(bigram_buckets, emb_dim, word_init_std) if vocab_size and bigram_buckets else None
         self.word_pooling = word_pooling
-        self.bigram_embed = nn.Embedding(bigram_buckets, emb_dim) if vocab_size and bigram_buckets else None
-        if self.bigram_embed is not None:
-            nn.init.normal_(self.bigram_embed.weight, std=word_init_std)
         self.pooled_embed = (nn.Sequential(nn.Linear(pooled_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
                              if pooled_dim else None)
 
@@ -191,6 +193,12 @@ class UNet(nn.Module):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(stage, h, emb, context, context_mask, use_reentrant=False)
         return stage(h, emb, context, context_mask)
+
+
+def word_table(rows: int, width: int, init_std: float) -> nn.Embedding:
+    table = nn.Embedding(rows, width)
+    nn.init.normal_(table.weight, std=init_std)
+    return table
 
 
 class UNetStage(nn.Module):
