@@ -1,6 +1,7 @@
 """The main job end to end on tiny configs: train -> sample (text and image), exact resume, safe checkpoints."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -173,3 +174,40 @@ def test_logger_wandb_writes_a_real_offline_run_without_an_account(tmp_path):
     data = records[0].read_bytes()
     assert b"loss" in data and b"samples" in data  # the logged scalars and the EMA sample grid
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_lr_decay_follows_the_time_budget_when_it_is_ahead_of_the_steps():
+    """lr_at's progress is max(step fraction, time fraction) after warm-up; cosine to min_lr_ratio * lr."""
+    from diffusion.training.optim import lr_at
+
+    def cosine(progress):  # the closed form: lr * (r + (1 - r) * (1 + cos(pi p)) / 2), lr 1, r 0.1
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    args = dict(max_steps=110, lr=1.0, warmup_steps=10, decay="cosine", min_lr_ratio=0.1)
+    assert lr_at(4, **args, time_progress=0.9) == pytest.approx(0.5)  # warm-up ignores the clock
+    assert lr_at(60, **args, time_progress=0.0) == pytest.approx(cosine(0.5))  # steps ahead
+    assert lr_at(60, **args, time_progress=0.25) == pytest.approx(cosine(0.5))  # steps still ahead
+    assert lr_at(60, **args, time_progress=0.75) == pytest.approx(cosine(0.75))  # the clock ahead
+    assert lr_at(20, **args, time_progress=3.0) == pytest.approx(0.1)  # over budget: the final lr
+
+
+def test_a_run_fitted_to_its_time_budget_ends_annealed_and_finished(tmp_path):
+    """trainer.fit_schedule_to_time: a run far too long for its budget stops at the budget with the lr at its
+    final value (not cut mid-decay), draws its final sample grid, and records its training time."""
+    budget_minutes = 0.05
+    cfg = tiny_train_cfg(tmp_path, "trainer.max_steps=100000", f"trainer.max_minutes={budget_minutes}",
+                         "trainer.fit_schedule_to_time=true", "trainer.log_every=1", "trainer.checkpoint_every=0")
+    path = train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [row["lr"] for row in rows if "lr" in row]
+    state = ckpt.load_checkpoint(path)
+    assert 2 < state["step"] < 100000
+    assert lrs[-1] == pytest.approx(cfg.optim.lr * cfg.optim.min_lr_ratio, rel=0.02)
+    assert all(b <= a for a, b in zip(lrs[2:], lrs[3:]))  # decaying after the 2 warm-up steps
+    assert state["train_seconds"] >= 60 * budget_minutes
+    assert list((tmp_path / "samples").glob("step_*.png"))  # a finished run's final grid
+
+
+def test_fit_schedule_to_time_without_a_budget_is_refused(tmp_path):
+    with pytest.raises(UserError, match="needs a time budget: set trainer.max_minutes"):
+        train(tiny_train_cfg(tmp_path, "trainer.fit_schedule_to_time=true"))

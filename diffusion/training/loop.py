@@ -66,6 +66,10 @@ def validate(cfg) -> None:
     check_choice("diffusion.prediction_type", cfg.diffusion.prediction_type, PREDICTION_TYPES)
     check_choice("diffusion.loss_weighting", cfg.diffusion.loss_weighting, WEIGHTINGS)
     check_choice("trainer.precision", trainer.precision, ("auto", "fp32", "bf16"))
+    if trainer.max_minutes is not None and not (isinstance(trainer.max_minutes, (int, float)) and trainer.max_minutes > 0):
+        raise UserError(f"trainer.max_minutes must be a number of minutes > 0 (or null), got {trainer.max_minutes!r}")
+    if trainer.get("fit_schedule_to_time") and trainer.max_minutes is None:
+        raise UserError("trainer.fit_schedule_to_time=true needs a time budget: set trainer.max_minutes too")
     check_choice("logger.mode", cfg.logger.get("mode", "offline"), ("offline", "online", "disabled"))
 
 
@@ -98,9 +102,10 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     ema = EMA(model, trainer.ema_decay, trainer.ema_warmup)
     optimizer = make_optimizer(model.parameters(), cfg.optim, device,
                                model.text_encoder.parameters() if model.text_encoder is not None else ())
-    start_step, samples_seen = 0, 0
+    start_step, samples_seen, trained_before = 0, 0, 0.0
     if resumed:
         start_step, samples_seen = load_training_state(resumed, model, ema, optimizer)
+        trained_before = float(resumed.get("train_seconds", 0.0))
     schedule = NoiseSchedule.from_name(**cfg.schedule)
 
     forward = model
@@ -125,6 +130,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     def save(step: int, periodic: bool) -> Path:
         payload = training_state(cfg, model, ema, optimizer, step, info, vocabulary, space, processes)
         payload["samples_seen"] = samples_seen
+        payload["train_seconds"] = trained_before + time.time() - start_time  # across resumes
         if periodic:
             ckpt.save_checkpoint(payload, checkpoint_dir / f"step_{step:07d}.ckpt")
             ckpt.prune_checkpoints(checkpoint_dir, trainer.keep_last)
@@ -134,13 +140,20 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     loss_sum = torch.zeros((), device=device)
     last_log_time, last_log_step = time.time(), start_step
     start_time, last_good = time.time(), None
+    # the time budget: this run's training time, or with fit_schedule_to_time the whole run's (across resumes),
+    # which the lr decay then also spans; `spent` is agreed between processes so every replica has the same lr
+    fit_to_time = bool(trainer.get("fit_schedule_to_time", False))
+    budget_s = None if trainer.max_minutes is None else 60 * trainer.max_minutes
+    spent_before = trained_before if fit_to_time else 0.0
+    spent = spent_before
     bar = tqdm(total=trainer.max_steps, initial=start_step, desc="training", unit="step", disable=not processes.is_main,
                dynamic_ncols=True)
     model.train()
     step, stopping = start_step, False
     with GracefulStop() as stop, bar:
         while step < trainer.max_steps:
-            lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio)
+            lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio,
+                       time_progress=spent / budget_s if fit_to_time else 0.0)
             set_lr(optimizer, lr)
             for micro in range(trainer.grad_accum):
                 batch = next(stream)
@@ -161,7 +174,11 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
             samples_seen += samples_per_step
             bar.update(1)
 
-            out_of_time = trainer.max_minutes is not None and time.time() - start_time > 60 * trainer.max_minutes
+            if not processes.distributed:
+                spent = spent_before + time.time() - start_time
+            elif step % 10 == 0:  # the slowest process's clock, every 10 steps
+                spent = agreed_max(spent_before + time.time() - start_time, device)
+            out_of_time = budget_s is not None and spent > budget_s
             stopping = stop.requested or out_of_time
             if processes.distributed and (step % 10 == 0 or step % trainer.log_every == 0):
                 stopping = agree(stopping, device)  # every process stops at the same step
@@ -187,6 +204,11 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
                 last_good = (save(step, periodic=True), step)
             if processes.is_main and trainer.sample_every and step % trainer.sample_every == 0 and not finishing:
                 logger.log_image(step, "samples", grid.draw(ema.model, step))
+            if stopping and fit_to_time and out_of_time and not stop.requested:  # the planned end of a timed run
+                bar.write(f"time budget reached at step {step} (trainer.max_minutes={trainer.max_minutes}; the lr decay "
+                          f"was fitted to it)", file=sys.stderr)
+                stopping = False  # finished, not interrupted
+                break
             if stopping:
                 reason = f"signal {stop.signal_name}" if stop.requested else (
                     f"trainer.max_minutes={trainer.max_minutes}" if out_of_time else "another process was stopped")
@@ -265,9 +287,14 @@ def load_training_state(payload: dict, model, ema, optimizer) -> int:
 
 def agree(flag: bool, device) -> bool:
     """True on every process when it is true on any (a 1-element all-reduce)."""
-    value = torch.tensor([float(flag)], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
+    return bool(agreed_max(float(flag), device))
+
+
+def agreed_max(value: float, device) -> float:
+    """The largest of the processes' values, on every process."""
+    tensor = torch.tensor([float(value)], device=device, dtype=torch.float64)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return float(tensor.item())
 
 
 def replica_difference(model, device) -> float:

@@ -9,14 +9,20 @@ import torch
 from diffusion.errors import check_choice
 
 
-def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, decay: str, min_lr_ratio: float) -> float:
-    """The learning rate for optimizer step `step` (0-based)."""
+CPU_FUSED_ADAMW = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4)
+
+
+def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, decay: str, min_lr_ratio: float,
+          time_progress: float = 0.0) -> float:
+    """The learning rate for optimizer step `step` (0-based). After warm-up the decay's progress is the fraction
+    of the post-warm-up steps done, or `time_progress` (the fraction of a time budget spent) when that is ahead:
+    a run cut short by its time budget still ends fully decayed (budgeted training, Li et al. 2020)."""
     check_choice("lr decay", decay, ("cosine", "linear", "constant"))
     if warmup_steps > 0 and step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if decay == "constant" or max_steps <= warmup_steps:
         return lr
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    progress = min(1.0, max((step - warmup_steps) / max(1, max_steps - warmup_steps), time_progress))
     shape = 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1 - progress
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * shape)
 
@@ -24,7 +30,8 @@ def lr_at(step: int, max_steps: int, lr: float, warmup_steps: int, decay: str, m
 def make_optimizer(parameters, cfg, device: torch.device, text_parameters=()) -> torch.optim.Optimizer:
     """AdamW over `parameters`; `text_parameters` (a subset of them) get `cfg.text_lr_scale` times the
     learning rate in a second group. Every group carries its `lr_scale`: the loop sets lr = lr_at(...) * lr_scale."""
-    fused = (device.type == "cuda") if cfg.fused == "auto" else bool(cfg.fused)
+    # auto: the fused kernel wherever torch has one (CUDA; CPU since torch 2.4, where it is 5x the per-tensor loop)
+    fused = (device.type == "cuda" or (device.type == "cpu" and CPU_FUSED_ADAMW)) if cfg.fused == "auto" else bool(cfg.fused)
     text_scale = float(cfg.get("text_lr_scale", 1.0))  # validated with the rest of the config (loop.validate)
     trainable = [p for p in parameters if p.requires_grad]
     text_ids = {id(p) for p in text_parameters if p.requires_grad}
