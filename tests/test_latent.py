@@ -74,6 +74,11 @@ def test_vae_none_is_a_one_line_error(tmp_path):
         train(tiny_train_cfg(tmp_path, "task=vae"))
 
 
+def test_fit_schedule_to_time_is_refused_for_the_autoencoder(tmp_path):
+    with pytest.raises(UserError, match=r"fit_schedule_to_time is for the diffusion model"):
+        train(tiny_train_cfg(tmp_path, *TINY_VAE, "trainer.max_minutes=1", "trainer.fit_schedule_to_time=true"))
+
+
 def test_latent_diffusion_without_a_trained_autoencoder_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match=r"needs a trained autoencoder.*vae.ckpt="):
         train(tiny_train_cfg(tmp_path, "vae=kl_f4"))

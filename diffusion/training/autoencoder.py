@@ -49,6 +49,9 @@ def train_autoencoder(cfg) -> Path:
     """Train the autoencoder as `cfg` says and return the final checkpoint's path."""
     if not cfg.get("vae") or not cfg.vae.get("_target_"):
         raise UserError("task=vae trains an autoencoder, but vae=none has none: pick vae=kl_f4 (or vae=kl_f8)")
+    if cfg.trainer.get("fit_schedule_to_time"):
+        raise UserError("trainer.fit_schedule_to_time is for the diffusion model; the autoencoder's lr decay follows "
+                        "trainer.max_steps: drop it (trainer.max_minutes alone still stops training on time)")
     processes, device = init_processes(cfg.device)
     try:
         if processes.distributed:
