@@ -179,10 +179,11 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
             elif step % 10 == 0:  # the slowest process's clock, every 10 steps
                 spent = agreed_max(spent_before + time.time() - start_time, device)
             out_of_time = budget_s is not None and spent > budget_s
-            stopping = stop.requested or out_of_time
+            budget_done = fit_to_time and out_of_time  # the planned end of a timed run: finished, not interrupted
+            stopping = stop.requested or (out_of_time and not fit_to_time)
             if processes.distributed and (step % 10 == 0 or step % trainer.log_every == 0):
                 stopping = agree(stopping, device)  # every process stops at the same step
-            finishing = step == trainer.max_steps or stopping
+            finishing = step == trainer.max_steps or stopping or budget_done
             if step % trainer.log_every == 0 or finishing:
                 if processes.distributed:
                     nonfinite = torch.tensor(agree(bool(nonfinite), device), device=device)
@@ -204,15 +205,14 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
                 last_good = (save(step, periodic=True), step)
             if processes.is_main and trainer.sample_every and step % trainer.sample_every == 0 and not finishing:
                 logger.log_image(step, "samples", grid.draw(ema.model, step))
-            if stopping and fit_to_time and out_of_time and not stop.requested:  # the planned end of a timed run
-                bar.write(f"time budget reached at step {step} (trainer.max_minutes={trainer.max_minutes}; the lr decay "
-                          f"was fitted to it)", file=sys.stderr)
-                stopping = False  # finished, not interrupted
-                break
             if stopping:
                 reason = f"signal {stop.signal_name}" if stop.requested else (
                     f"trainer.max_minutes={trainer.max_minutes}" if out_of_time else "another process was stopped")
                 bar.write(f"stopping at step {step} ({reason}); checkpoint saved, continue with resume=auto", file=sys.stderr)
+                break
+            if budget_done:
+                bar.write(f"time budget reached at step {step} (trainer.max_minutes={trainer.max_minutes}; the lr decay "
+                          f"was fitted to it)", file=sys.stderr)
                 break
     final = checkpoint_dir / "last.ckpt"
     if processes.distributed:
