@@ -24,6 +24,11 @@ ALLOWED_TARGETS = frozenset({
     "diffusion.schedulers.DDPMScheduler",
     "diffusion.schedulers.ddim.DDIMScheduler",
     "diffusion.schedulers.ddpm.DDPMScheduler",
+    "diffusion.schedulers.EulerSolver",
+    "diffusion.schedulers.HeunSolver",
+    "diffusion.schedulers.DPMSolverPlusPlus2M",
+    "diffusion.schedulers.FlowEulerSampler",
+    "diffusion.schedulers.FlowHeunSampler",
     "diffusion.data.toybirds.ToyBirds",
     "diffusion.data.birds.CUBBirds",
     "diffusion.data.imagefolder.ImageFolder",
@@ -64,9 +69,27 @@ def build(node, exclude: tuple = (), where: str = "config", **fill):
         raise UserError(f"{where}: {error}") from None
 
 
-def build_scheduler(sampler_cfg, schedule, prediction_type: str, bounded: bool = True):
+def build_scheduler(sampler_cfg, schedule, prediction_type: str, bounded: bool = True, objective=None):
     """A sampler from its config node; `steps` and `eta` are the loop's, not the scheduler's.
-    `bounded=False` (latent space: no [-1, 1] range) turns `clip_sample` off whatever the config says."""
-    extra = {} if bounded else {"clip_sample": False}
-    return build(sampler_cfg, exclude=("steps", "eta"), where="sampler", schedule=schedule,
-                 prediction_type=prediction_type, **extra)
+    `bounded=False` (latent space: no [-1, 1] range) turns `clip_sample` off whatever the config says.
+    `objective` (default: DDPM with `prediction_type` on `schedule`) tells the solver what the network's
+    output means; a sampler of a family the objective does not fit is refused in one line."""
+    from diffusion.objectives import DDPMObjective
+    from diffusion.schedulers import SAMPLER_FAMILIES
+
+    if objective is None:
+        objective = DDPMObjective(schedule, prediction_type)
+    extra = {} if bounded or "clip_sample" not in sampler_cfg else {"clip_sample": False}
+    scheduler = build(sampler_cfg, exclude=("steps", "eta"), where="sampler", schedule=schedule,
+                      prediction_type=prediction_type, objective=objective, **extra)
+    if scheduler.family not in objective.sampler_families:
+        fitting = [name for family in objective.sampler_families for name in SAMPLER_FAMILIES[family]]
+        raise UserError(f"sampler {sampler_name(scheduler)} does not fit this model's objective "
+                        f"({objective.name}); use sampler={' | '.join(fitting)}")
+    return scheduler
+
+
+def sampler_name(scheduler) -> str:
+    """The name a user types for a built sampler (sampler=<name>)."""
+    return getattr(scheduler, "name", None) or {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm"}.get(
+        type(scheduler).__name__, type(scheduler).__name__)

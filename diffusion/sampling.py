@@ -44,6 +44,7 @@ def sample_loop(
     eta: float = 0.0,
     callback: Callable[[StepInfo], None] | None = None,
     progress: bool = False,
+    inpaint: Callable[[torch.Tensor, int], torch.Tensor] | None = None,  # re-imposes the known region at t_prev
 ) -> torch.Tensor:
     previous = scheduler.previous_timesteps(timesteps)
     stochastic = scheduler.is_stochastic(eta)
@@ -59,4 +60,6 @@ def sample_loop(
         if callback is not None:
             callback(StepInfo(index, t, t_prev, x, model_output, out.pred_x0, out.pred_eps, out.prev_sample))
         x = out.prev_sample
+        if inpaint is not None:
+            x = inpaint(x, t_prev)
     return x

@@ -41,7 +41,10 @@ def timestep_grid(num_timesteps: int, num_steps: int, spacing: str) -> np.ndarra
 
 
 class Scheduler:
-    """Common constructor and helpers; subclasses implement `step`."""
+    """Common constructor and helpers; subclasses implement `step`. The "discrete" family: integer
+    timesteps of a DDPM schedule (the k-diffusion-style solvers are in sigmas.py)."""
+
+    family = "discrete"
 
     def __init__(
         self,
@@ -50,6 +53,7 @@ class Scheduler:
         timestep_spacing: str = "leading",  # how `timesteps(n)` spreads n steps over [0, T)
         clip_sample: bool = False,  # clamp pred_x0 to [-clip_range, clip_range] (pixel data in [-1, 1])
         clip_range: float = 1.0,
+        objective=None,  # accepted for a uniform constructor; DDPM/DDIM read schedule and prediction_type
     ):
         check_choice("prediction type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep spacing", timestep_spacing, TIMESTEP_SPACINGS)
@@ -87,6 +91,20 @@ class Scheduler:
     def img2img_start(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
         """Noise the init image to the first remaining timestep: x_t = q(x_t | x0)."""
         return self.schedule.add_noise(x0, noise, timesteps[0])
+
+    def prior(self, noise: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+        """The start of text-to-image sampling: x_T ~ N(0, I)."""
+        return noise
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+        """x0 taken to timestep t (t = -1: x0 itself); inpainting re-imposes the known region with it."""
+        return self.schedule.add_noise(x0, noise, t)
+
+    def run(self, denoise, timesteps, x, generators, eta=0.0, callback=None, progress=False, inpaint=None):
+        from diffusion.sampling import sample_loop
+
+        return sample_loop(denoise, self, timesteps, x, generators, eta=eta, callback=callback, progress=progress,
+                           inpaint=inpaint)
 
     def predict_x0_eps(self, model_output: torch.Tensor, t: int, x_t: torch.Tensor):
         """(pred_x0, pred_eps) for this parameterisation; with clip_sample, pred_x0 is clamped and

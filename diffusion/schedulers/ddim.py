@@ -9,6 +9,8 @@ from diffusion.schedulers.base import Scheduler, StepOutput, alpha_bars
 
 
 class DDIMScheduler(Scheduler):
+    name = "ddim"
+
     def is_stochastic(self, eta) -> bool:
         return bool(eta)
 

@@ -27,6 +27,8 @@ def posterior_variance(a_t: float, a_prev: float, variance_type: str) -> float:
 
 
 class DDPMScheduler(Scheduler):
+    name = "ddpm"
+
     def __init__(self, schedule, variance_type: str = "fixed_small", **kwargs):
         super().__init__(schedule, **kwargs)
         check_choice("variance type", variance_type, VARIANCE_TYPES)
