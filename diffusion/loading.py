@@ -27,7 +27,14 @@ class LoadedModel:
     def scheduler(self, sampler_cfg=None):
         """The checkpoint's sampler, or `sampler_cfg` (e.g. from `sample.py sampler=ddpm`)."""
         return build_scheduler(sampler_cfg or self.config.sampler, self.schedule, self.config.diffusion.prediction_type,
-                               bounded=self.space.bounded)
+                               bounded=self.space.bounded, objective=self.objective)
+
+    @property
+    def objective(self):
+        """The objective the checkpoint was trained with (checkpoints from before objectives: ddpm)."""
+        from diffusion.objectives import objective_for
+
+        return objective_for(self.config, self.schedule)
 
 
 def stored_config(payload: dict, path) -> DictConfig:

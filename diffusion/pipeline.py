@@ -3,6 +3,8 @@
 
     python sample.py ckpt=outputs/.../checkpoints/last.ckpt prompt="a small red bird, facing left" num_images=8
     python sample.py ckpt=... prompt="a blue duck on water" init_image=photo.png strength=0.6
+    python sample.py ckpt=... prompt="a red bird" init_image=photo.png mask=mask.png      (white = repaint)
+    python sample.py ckpt=... prompt="a red bird" sampler=dpmpp_2m sampler.sigmas=karras steps=10
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
+from diffusion.config import sampler_name
 from diffusion.errors import UserError
 from diffusion.guidance import classifier_free_guidance
-from diffusion.sampling import StepInfo, per_image_normal, sample_loop
+from diffusion.sampling import StepInfo, per_image_normal
 from diffusion.schedulers import Scheduler
 
 
@@ -39,6 +42,7 @@ def generate_images(
     class_labels: list[int] | None = None,
     init: torch.Tensor | None = None,  # [C, H, W] or [N, C, H, W] image (already in model space) for image-to-image
     strength: float = 1.0,
+    mask: torch.Tensor | None = None,  # [1, H, W] in model space, 1 = repaint, 0 = keep `init` (inpainting)
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,  # latents -> images
     device="cpu",
     callback: Callable[[StepInfo], None] | None = None,
@@ -54,16 +58,28 @@ def generate_images(
     denoise = classifier_free_guidance(model, cond, uncond, guidance_scale)
 
     noise = per_image_normal(generators, shape, device)  # [N, C, H, W]
+    inpaint = None
     if init is None:
         timesteps = scheduler.timesteps(steps)
-        x = noise  # x_T ~ N(0, I); with a zero-terminal-SNR or near-zero alpha-bar, q(x_T) is N(0, I)
+        x = scheduler.prior(noise, timesteps)  # DDIM: x_T ~ N(0, I); sigma solvers: that x_T in the sigma view
     else:
         timesteps = scheduler.img2img_timesteps(steps, strength)
         init = init.to(device).float().expand(n, *shape)
         x = scheduler.img2img_start(init, noise, timesteps)
-    x = sample_loop(denoise, scheduler, timesteps, x, generators, eta=eta, callback=callback)
+        if mask is not None:  # after every step, the known region is the init image noised to the new level
+            keep = 1 - mask.to(device).float()
+
+            def inpaint(x, level):
+                return x + keep * (scheduler.noised(init, noise, level) - x)
+    check_mask_has_init(mask, init)
+    x = scheduler.run(denoise, timesteps, x, generators, eta=eta, callback=callback, inpaint=inpaint)
     images = decode(x) if decode is not None else x
     return images.clamp(-1, 1)
+
+
+def check_mask_has_init(mask, init) -> None:
+    if mask is not None and init is None:
+        raise UserError("a mask needs the image it masks: give init_image=<picture> with mask=<mask>")
 
 
 # ---------------------------------------------------------------------------------------------- image files
@@ -129,7 +145,8 @@ def check_sampling_values(cfg) -> None:
         ("guidance_scale", cfg.guidance_scale, isinstance(cfg.guidance_scale, (int, float)) and 0 <= cfg.guidance_scale <= 100,
          "a number in [0, 100] (1 = no guidance, 3-7 typical)"),
         ("eta", cfg.eta, cfg.eta is None or (isinstance(cfg.eta, (int, float)) and 0 <= cfg.eta <= 1), "a number in [0, 1]"),
-        ("strength", cfg.strength, isinstance(cfg.strength, (int, float)) and 0 < cfg.strength <= 1, "a number in (0, 1]"),
+        ("strength", cfg.strength, cfg.strength is None or (isinstance(cfg.strength, (int, float)) and 0 < cfg.strength <= 1),
+         "a number in (0, 1]"),
     ]
     for name, value, ok, allowed in checks:
         if not ok:
@@ -148,6 +165,36 @@ def load_init_image(path, resolution: int) -> torch.Tensor:
             return uint8_to_model(decode_image(path, resolution))
     except BadImageError as error:
         raise UserError(f"init_image {path} is not a readable image ({error}); give a PNG or JPEG file") from None
+
+
+def load_mask(path, resolution: int, space) -> torch.Tensor:
+    """A mask picture -> [1, h, w] in the model's space: 1 where it is white (repaint), 0 where black (keep).
+    It must have the init image's size after the same centre-square resize, i.e. any size with the
+    init image's shape; in latent space it is taken down to the latent grid (a latent cell is repainted
+    when any of its pixels is)."""
+    from diffusion.data.images import BadImageError, decode_image, refuse_decompression_bombs
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"mask not found: {path}")
+    try:
+        with refuse_decompression_bombs():
+            pixels = decode_image(path, resolution)  # [3, R, R] uint8
+    except BadImageError as error:
+        raise UserError(f"mask {path} is not a readable image ({error}); give a black-and-white PNG") from None
+    mask = (pixels.float().mean(dim=0, keepdim=True) / 255 > 0.5).float()  # [1, R, R]
+    height, width = space.info["shape"][1:]
+    if (height, width) != tuple(mask.shape[1:]):
+        mask = torch.nn.functional.adaptive_max_pool2d(mask[None], (height, width))[0]
+    return mask
+
+
+def check_mask_size(mask_path, init_path) -> None:
+    """The mask must be the init image's size (a mask drawn for another picture would repaint the wrong place)."""
+    with Image.open(mask_path) as m, Image.open(init_path) as i:
+        if m.size != i.size:
+            raise UserError(f"mask {mask_path} is {m.size[0]}x{m.size[1]} but init_image {init_path} is "
+                            f"{i.size[0]}x{i.size[1]}; give a mask of the init image's size (white = repaint)")
 
 
 def generate(cfg) -> list[Path]:
@@ -175,9 +222,17 @@ def generate(cfg) -> list[Path]:
         prompts = [""]
     shape = tuple(loaded.payload["data"]["shape"])
     resolution = int(loaded.payload["data"]["resolution"])
-    init = None
+    init, mask = None, None
+    if cfg.get("mask") and not cfg.init_image:
+        raise UserError("a mask needs the image it masks: give init_image=<picture> with mask=<mask>")
     if cfg.init_image:
         init = loaded.space.encode(load_init_image(cfg.init_image, resolution)[None].to(device))[0]
+    if cfg.get("mask"):
+        if not Path(cfg.mask).is_file():
+            raise UserError(f"mask not found: {cfg.mask}")
+        mask = load_mask(cfg.mask, resolution, loaded.space)
+        check_mask_size(cfg.mask, cfg.init_image)
+    strength = float(cfg.strength if cfg.strength is not None else (1.0 if mask is not None else 0.6))
 
     jobs = [(p, cfg.seed + i) for i, p in enumerate(q for q in prompts for _ in range(cfg.num_images))]
     names = [out_dir / f"{i:04d}_seed{seed}.png" for i, (_, seed) in enumerate(jobs)]
@@ -193,14 +248,15 @@ def generate(cfg) -> list[Path]:
             model, scheduler, [p for p, _ in batch], [s for _, s in batch], shape=shape, steps=steps, eta=eta,
             guidance_scale=float(cfg.guidance_scale), negative_prompt=cfg.negative_prompt or "",
             class_labels=None if labels is None else labels[start: start + cfg.batch_size],
-            init=init, strength=float(cfg.strength), decode=loaded.space.decode, device=device).cpu())
+            init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device).cpu())
     images = torch.cat(images)
 
     common = {"ckpt": str(cfg.ckpt), "ckpt_step": int(loaded.payload["step"]), "use_ema": bool(cfg.use_ema),
-              "sampler": type(scheduler).__name__, "steps": steps, "eta": eta,
+              "sampler": sampler_name(scheduler), "sampler_config": repr(scheduler), "steps": steps, "eta": eta,
               "guidance_scale": float(cfg.guidance_scale), "negative_prompt": cfg.negative_prompt or "",
               "init_image": str(cfg.init_image) if cfg.init_image else None,
-              "strength": float(cfg.strength) if cfg.init_image else None, "class_label": cfg.get("class_label")}
+              "strength": strength if cfg.init_image else None, "mask": str(cfg.mask) if cfg.get("mask") else None,
+              "class_label": cfg.get("class_label")}
     for (prompt, seed), image, path in zip(jobs, images, names):
         save_png(to_pil(image), path, {"prompt": prompt, "seed": seed, **common})
     save_png(image_grid(images, columns=cfg.num_images if len(prompts) > 1 else None), out_dir / "grid.png",

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from diffusion.config import build_scheduler
+from diffusion.objectives import objective_for
 from diffusion.pipeline import generate_images, image_grid, save_png
 from diffusion.schedules import NoiseSchedule
 
@@ -26,7 +27,8 @@ class SampleGrid:
         num_classes = getattr(dataset, "num_classes", None)
         self.labels = [i % num_classes for i in range(self.n)] if cfg.diffusion.class_conditional and num_classes else None
         schedule = NoiseSchedule.from_name(**cfg.schedule)
-        self.scheduler = build_scheduler(cfg.sampler, schedule, cfg.diffusion.prediction_type, bounded=space.bounded)
+        self.scheduler = build_scheduler(cfg.sampler, schedule, cfg.diffusion.prediction_type, bounded=space.bounded,
+                                         objective=objective_for(cfg, schedule))
         self.steps, self.eta = int(cfg.sampler.steps), cfg.sampler.get("eta") or 0.0
         self.guidance = float(cfg.trainer.get("sample_guidance", 3.0))
         self.space, self.device = space, device

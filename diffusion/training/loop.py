@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from diffusion.errors import UserError, check_choice
-from diffusion.losses import WEIGHTINGS, diffusion_loss
+from diffusion.losses import WEIGHTINGS
+from diffusion.objectives import OBJECTIVES, objective_for
 from diffusion.model import build_diffusion_model, count_parameters, text_needs_vocabulary
 from diffusion.schedules import PREDICTION_TYPES, NoiseSchedule
 from diffusion.training import checkpoint as ckpt
@@ -64,6 +65,9 @@ def validate(cfg) -> None:
     if not isinstance(text_lr_scale, (int, float)) or not text_lr_scale > 0:
         raise UserError(f"optim.text_lr_scale must be a number > 0, got {text_lr_scale!r}")
     check_choice("diffusion.prediction_type", cfg.diffusion.prediction_type, PREDICTION_TYPES)
+    check_choice("diffusion.objective", cfg.diffusion.get("objective", "ddpm"), OBJECTIVES)
+    objective_for(cfg, NoiseSchedule.from_name(**cfg.schedule))  # refuses bad diffusion.flow / diffusion.edm values
+    fit_sampler_to_objective(cfg)
     check_choice("diffusion.loss_weighting", cfg.diffusion.loss_weighting, WEIGHTINGS)
     check_choice("trainer.precision", trainer.precision, ("auto", "fp32", "bf16"))
     if trainer.max_minutes is not None and not (isinstance(trainer.max_minutes, (int, float)) and trainer.max_minutes > 0):
@@ -71,6 +75,36 @@ def validate(cfg) -> None:
     if trainer.get("fit_schedule_to_time") and trainer.max_minutes is None:
         raise UserError("trainer.fit_schedule_to_time=true needs a time budget: set trainer.max_minutes too")
     check_choice("logger.mode", cfg.logger.get("mode", "offline"), ("offline", "online", "disabled"))
+
+
+DEFAULT_SAMPLERS = {"flow": "flow_euler", "edm": "heun"}
+
+
+def fit_sampler_to_objective(cfg) -> None:
+    """Training draws sample grids, and the checkpoint keeps its sampler for sample.py: a flow or EDM
+    run whose configured sampler cannot sample it (the default ddim) gets the objective's own one."""
+    from diffusion.objectives import DDPMObjective
+    from diffusion.schedulers import SAMPLER_FAMILIES
+
+    name = cfg.diffusion.get("objective", "ddpm")
+    target = str(cfg.sampler.get("_target_", ""))
+    family = "discrete" if target.rsplit(".", 1)[-1] in ("DDIMScheduler", "DDPMScheduler") else \
+        "flow" if "Flow" in target else "sigma"
+    fits = DDPMObjective.sampler_families if name == "ddpm" else objective_class(name).sampler_families
+    if family in fits:
+        return
+    replacement = DEFAULT_SAMPLERS[name]
+    node = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "sampler" / f"{replacement}.yaml")
+    print(f"diffusion.objective={name}: sample grids and the checkpoint use sampler={replacement} "
+          f"(the configured sampler is one of {', '.join(SAMPLER_FAMILIES[family])}, which cannot sample it)")
+    with open_dict(cfg):
+        cfg.sampler = node
+
+
+def objective_class(name):
+    from diffusion.objectives import EDMObjective, FlowObjective
+
+    return {"flow": FlowObjective, "edm": EDMObjective}[name]
 
 
 def train_diffusion(cfg, processes, device: torch.device) -> Path:
@@ -107,6 +141,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
         start_step, samples_seen = load_training_state(resumed, model, ema, optimizer)
         trained_before = float(resumed.get("train_seconds", 0.0))
     schedule = NoiseSchedule.from_name(**cfg.schedule)
+    objective = objective_for(cfg, schedule)
 
     forward = model
     if processes.distributed:
@@ -161,7 +196,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
                 if processes.distributed and micro < trainer.grad_accum - 1:
                     sync = forward.no_sync()  # average gradients once per optimizer step, not per micro-batch
                 with sync:
-                    loss = micro_batch_loss(forward, batch, schedule, cfg, processes, device, step, micro, memory_format)
+                    loss = micro_batch_loss(forward, batch, objective, cfg, processes, device, step, micro, memory_format)
                     (loss / trainer.grad_accum).backward()
                 loss_sum += loss.detach()
                 nonfinite |= ~torch.isfinite(loss.detach())
@@ -226,8 +261,9 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     return final
 
 
-def micro_batch_loss(forward, batch, schedule, cfg, processes, device, step, micro, memory_format) -> torch.Tensor:
-    """The mean loss of this process's share of one global micro-batch. Timesteps, noise and caption
+def micro_batch_loss(forward, batch, objective, cfg, processes, device, step, micro, memory_format) -> torch.Tensor:
+    """The mean loss of this process's share of one global micro-batch, under `objective` (ddpm, flow,
+    edm: how x_t is made, what the network is given, the loss weight). Timesteps, noise and caption
     dropout are drawn for the whole global micro-batch and sliced, so any number of processes (with
     the same global batch) trains on exactly the same draws."""
     x0 = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -236,7 +272,7 @@ def micro_batch_loss(forward, batch, schedule, cfg, processes, device, step, mic
     cpu_random = step_generator(cfg.seed, step, micro, torch.device("cpu"))
     device_random = cpu_random if device.type == "cpu" else step_generator(cfg.seed, step, micro, device)
     # non_blocking: a plain .to(cuda) of a CPU tensor waits for the GPU to finish its queue (a sync per step)
-    t = torch.randint(0, schedule.num_timesteps, (size * world,), generator=cpu_random)[mine].to(device, non_blocking=True)
+    t = objective.draw_times(size * world, cpu_random)[mine].to(device, non_blocking=True)
     dropped = (torch.rand(size * world, generator=cpu_random) < cfg.diffusion.caption_dropout)[mine]
     noise = torch.randn((size * world, *x0.shape[1:]), generator=device_random, device=device)[mine]
     noise = noise.contiguous(memory_format=memory_format)
@@ -244,10 +280,9 @@ def micro_batch_loss(forward, batch, schedule, cfg, processes, device, step, mic
     labels = batch["label"].clone()
     labels[dropped] = -1  # the "no class" label, dropped together with the caption
     with autocast(device, cfg.trainer.precision):
-        x_t = schedule.add_noise(x0, noise, t)
-        output = forward(x_t, t, prompts=prompts, class_labels=labels)
-    return diffusion_loss(output, x0, noise, t, schedule, cfg.diffusion.prediction_type,
-                          cfg.diffusion.loss_weighting, cfg.diffusion.min_snr_gamma).mean()
+        x_t = objective.noisy(x0, noise, t).to(x0.dtype)
+        output = forward(objective.network_input(x_t, t), objective.model_time(t), prompts=prompts, class_labels=labels)
+    return objective.loss(output, x0, noise, x_t, t).mean()
 
 
 def diverged(step: int, last_good: tuple[Path, int] | None) -> TrainingDiverged:
