@@ -45,11 +45,17 @@ def files(tmp_path_factory):
     torch.save({**payload, "config": OmegaConf.to_yaml(config)}, crafted_config)
     text_as_png = root / "not_an_image.png"
     text_as_png.write_text("this is text, not a picture")
+    from PIL import Image
+
+    init_png, small_mask = root / "init.png", root / "mask_8px.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(init_png)
+    Image.new("L", (8, 8), 255).save(small_mask)
     taken = root / "taken"
     taken.mkdir()
     (taken / "0000_seed0.png").write_bytes(b"an image the user keeps")
     return {"root": root, "good": good, "corrupt": corrupt, "v999": other_version, "pickle": crafted_pickle,
-            "config": crafted_config, "marker": marker, "text_png": text_as_png, "taken": taken}
+            "config": crafted_config, "marker": marker, "text_png": text_as_png, "taken": taken,
+            "init_png": init_png, "small_mask": small_mask}
 
 
 def cases(f):
@@ -68,6 +74,10 @@ def cases(f):
         (*train_tiny[:1], [*train_tiny[1:], "optim.text_lr_scale=0"], "optim.text_lr_scale must be a number > 0"),
         (*train_tiny[:1], [*train_tiny[1:], "diffusion.caption_dropout=1.5"], "caption_dropout must be in [0, 1)"),
         (*train_tiny[:1], [*train_tiny[1:], "diffusion.prediction_type=eps"], "unknown diffusion.prediction_type 'eps'"),
+        (*train_tiny[:1], [*train_tiny[1:], "diffusion.objective=flw"], "unknown diffusion.objective 'flw'"),
+        (*train_tiny[:1], [*train_tiny[1:], "diffusion.objective=flow", "diffusion.flow.time_sampling=beta"],
+         "unknown diffusion.flow.time_sampling 'beta'"),
+        (*train_tiny[:1], [*train_tiny[1:], "diffusion.objective=flow", "diffusion.flow.shift=0"], "diffusion.flow.shift must be > 0"),
         (*train_tiny[:1], [*train_tiny[1:], "diffusion.loss_weighting=p2"], "unknown diffusion.loss_weighting 'p2'"),
         (*train_tiny[:1], [*train_tiny[1:], "schedule.name=cosin"], "unknown noise schedule 'cosin'"),
         (*train_tiny[:1], [*train_tiny[1:], "schedule.num_timesteps=1"], "num_timesteps must be at least 2"),
@@ -107,7 +117,16 @@ def cases(f):
         ("sample.py", [*sample[1:], "seed=-1"], "seed=-1 is out of range"),
         ("sample.py", [*sample[1:], "device=cuda:7"], "no CUDA GPU"),
         ("sample.py", [*sample[1:], "colour=red"], "unknown config key 'colour'"),
-        ("sample.py", [*sample[1:], "sampler=dpm"], "Could not find 'sampler/dpm'; available: ddim, ddpm"),
+        ("sample.py", [*sample[1:], "sampler=dpm"], "Could not find 'sampler/dpm'; available: ddim, ddpm, dpmpp_2m"),
+        ("sample.py", [*sample[1:], "sampler=heun", "steps=1"], "steps must be an integer >= 2 for heun"),
+        ("sample.py", [*sample[1:], "sampler=euler", "sampler.sigmas=kara"], "unknown euler sigma spacing (sampler.sigmas) 'kara'"),
+        ("sample.py", [*sample[1:], "sampler=flow_euler"], "sampler flow_euler does not fit this model's objective (ddpm)"),
+        ("sample.py", [*sample[1:], "sampler=dpmpp_2m", "eta=0.5"], "eta=0.5 applies to ddim and ddpm only"),
+        ("sample.py", [*sample[1:], f"mask={f['small_mask']}"], "a mask needs the image it masks"),
+        ("sample.py", [*sample[1:], f"init_image={f['init_png']}", f"mask={f['root'] / 'none.png'}"], "mask not found"),
+        ("sample.py", [*sample[1:], f"init_image={f['init_png']}", f"mask={f['text_png']}"], "is not a readable image"),
+        ("sample.py", [*sample[1:], f"init_image={f['init_png']}", f"mask={f['small_mask']}"],
+         "give a mask of the init image's size"),
         ("sample.py", [*sample[1:], f"prompts_file={f['root'] / 'none.txt'}"], "prompts_file not found"),
         ("sample.py", [*sample[1:-1], f"out_dir={f['taken']}"], "already exists; choose another out_dir"),
         # data commands

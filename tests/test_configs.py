@@ -63,7 +63,12 @@ def test_every_option_of_every_group_composes_and_builds(group, tmp_path):
         cfg = tiny_train_cfg(tmp_path, f"{group}={option}", *(["model.base_channels=8"] if group == "model" else []))
         schedule = NoiseSchedule.from_name(**cfg.schedule)
         prediction = "v" if schedule.zero_terminal_snr else cfg.diffusion.prediction_type
-        build_scheduler(cfg.sampler, schedule, prediction)
+        if group == "sampler" and option.startswith("flow_"):
+            from diffusion.objectives import FlowObjective
+
+            build_scheduler(cfg.sampler, schedule, prediction, objective=FlowObjective())
+        else:
+            build_scheduler(cfg.sampler, schedule, prediction)
         if cfg.text.get("_target_") is None or group in ("model", "text"):
             shape = [3, 16, 16]
             model = build_diffusion_model(cfg, {"shape": shape}, ["<pad>", "<bos>", "<eos>", "<unk>", "bird"])

@@ -31,7 +31,8 @@ class DDPMObjective(Objective):
         check_choice("diffusion.loss_weighting", loss_weighting, WEIGHTINGS)
         self.schedule, self.prediction_type = schedule, prediction_type
         self.loss_weighting, self.min_snr_gamma = loss_weighting, float(min_snr_gamma)
-        a = schedule.alphas_cumprod.numpy().clip(min=MIN_ALPHA_BAR)
+        a = schedule.alphas_cumprod.numpy().copy()
+        a[a <= 0] = MIN_ALPHA_BAR  # only a zero-terminal-SNR schedule's last step
         self.sigmas = np.sqrt((1 - a) / a)  # [T] increasing in t
         self.log_sigmas = np.log(self.sigmas)
 

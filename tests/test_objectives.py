@@ -1,0 +1,179 @@
+"""The objectives' closed forms (EDM Table 1, the flow path, the DDPM sigma view), every solver on
+problems with an exact answer, and flow / EDM training and inpainting end to end."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion.objectives import DDPMObjective, EDMObjective, FlowObjective
+from diffusion.objectives.flow import shift_time
+from diffusion.schedulers import (DDIMScheduler, DPMSolverPlusPlus2M, EulerSolver, FlowEulerSampler, FlowHeunSampler,
+                                  HeunSolver)
+from diffusion.schedules import NoiseSchedule
+
+SCHEDULE = NoiseSchedule.from_name("cosine", 1000)
+
+
+def test_edm_preconditioning_is_table_1():
+    edm = EDMObjective()
+    s = torch.tensor([0.002, 0.1, 0.5, 1.0, 80.0], dtype=torch.float64)
+    sd = 0.5
+    torch.testing.assert_close(edm.c_skip(s), sd**2 / (s**2 + sd**2))
+    torch.testing.assert_close(edm.c_out(s), s * sd / (s**2 + sd**2).sqrt())
+    torch.testing.assert_close(edm.c_in(s), 1 / (s**2 + sd**2).sqrt())
+    torch.testing.assert_close(edm.c_noise(s), s.log() / 4)
+    # the loss weight makes the network's effective target unit-weighted: lambda c_out^2 = 1 (section 5)
+    torch.testing.assert_close(edm.weight(s) * edm.c_out(s) ** 2, torch.ones_like(s))
+    # at sigma = sigma_data, skip and output are mixed equally
+    assert edm.c_skip(0.5) == pytest.approx(0.5) and edm.c_out(0.5) == pytest.approx(0.5 / 2**0.5)
+
+
+def test_edm_loss_is_zero_for_the_ideal_network_output_and_its_input_has_unit_variance():
+    edm = EDMObjective()
+    gen = torch.Generator().manual_seed(0)
+    x0 = 0.5 * torch.randn(4096, 1, 1, 1, generator=gen, dtype=torch.float64)  # std sigma_data
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    sigma = edm.draw_times(4096, gen)
+    assert float(sigma.log().mean()) == pytest.approx(-1.2, abs=0.08) and float(sigma.log().std()) == pytest.approx(1.2, abs=0.08)
+    x = edm.noisy(x0, noise, sigma)
+    ideal = (x0 - edm.c_skip(sigma).view(-1, 1, 1, 1) * x) / edm.c_out(sigma).view(-1, 1, 1, 1)
+    assert edm.loss(ideal, x0, noise, x, sigma).abs().max() < 1e-10
+    # c_in scales the input to unit variance at every sigma (data of std sigma_data)
+    assert float(edm.network_input(x, sigma).std()) == pytest.approx(1.0, abs=0.05)
+
+
+def test_flow_path_target_times_and_shift():
+    flow = FlowObjective(time_sampling="logit_normal")
+    gen = torch.Generator().manual_seed(0)
+    t = flow.draw_times(20000, gen)
+    assert 0 < float(t.min()) and float(t.max()) < 1
+    assert float(torch.logit(t).mean()) == pytest.approx(0.0, abs=0.03)
+    assert float(torch.logit(t).std()) == pytest.approx(1.0, abs=0.03)
+    assert float(FlowObjective(time_sampling="uniform").draw_times(20000, gen).mean()) == pytest.approx(0.5, abs=0.01)
+    assert shift_time(0.5, 3.0) == pytest.approx(0.75) and shift_time(1.0, 3.0) == 1.0 and shift_time(0.0, 3.0) == 0.0
+    shifted = FlowObjective(time_sampling="uniform", shift=3.0).draw_times(20000, gen)
+    assert float(shifted.median()) == pytest.approx(0.75, abs=0.01)
+    x0, noise = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    t = torch.tensor([0.25, 0.9])
+    x_t = flow.noisy(x0, noise, t)
+    torch.testing.assert_close(x_t[0], 0.75 * x0[0] + 0.25 * noise[0])
+    u = noise - x0  # the straight path's velocity is the target; from it the path's x0 is recovered
+    assert flow.loss(u, x0, noise, x_t, t).abs().max() < 1e-10
+    torch.testing.assert_close(flow.denoise(u, x_t, t), x0)
+
+
+def test_ddpm_sigma_view_matches_the_schedule():
+    for prediction in ("epsilon", "v", "x0"):
+        ddpm = DDPMObjective(SCHEDULE, prediction)
+        for t in (0, 17, 500, 999):
+            a = float(SCHEDULE.alpha_bar(t))
+            sigma = ((1 - a) / a) ** 0.5
+            got_t, alpha = ddpm.from_sigma(sigma)
+            assert got_t == pytest.approx(t, abs=1e-6) and alpha == pytest.approx(a**0.5, rel=1e-9)
+        # pred_x0 from each parameterisation at a fractional timestep agrees with the schedule's identity
+        x0, eps = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+        t = 321.4
+        a = ddpm.alpha_bar(t)
+        x_t = a**0.5 * x0 + (1 - a) ** 0.5 * eps
+        output = {"epsilon": eps, "x0": x0, "v": a**0.5 * eps - (1 - a) ** 0.5 * x0}[prediction]
+        torch.testing.assert_close(ddpm.denoise(output, x_t, t), x0)
+
+
+def perfect_denoiser(solver, target):
+    """A 'network' whose pred_x0 is always `target`: every solver must land on it exactly."""
+    objective = solver.objective
+
+    def denoise(x_in, model_time):
+        if isinstance(objective, FlowObjective):
+            t = model_time / 1000
+            return (x_in - target) / t  # u = (x_t - x0) / t
+        if isinstance(objective, EDMObjective):
+            sigma = math.exp(4 * model_time / 1000)
+            x = x_in / objective.c_in(sigma)
+            return (target - objective.c_skip(sigma) * x) / objective.c_out(sigma)
+        return target  # DDPM with x0 prediction
+    return denoise
+
+
+SOLVERS = [
+    EulerSolver(SCHEDULE, "x0", sigmas="karras"), HeunSolver(SCHEDULE, "x0", sigmas="exponential"),
+    DPMSolverPlusPlus2M(SCHEDULE, "x0", sigmas="default"), EulerSolver(objective=EDMObjective()),
+    HeunSolver(objective=EDMObjective()), DPMSolverPlusPlus2M(objective=EDMObjective()),
+    FlowEulerSampler(objective=FlowObjective()), FlowHeunSampler(objective=FlowObjective(shift=3.0)),
+]
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: repr(s)[:60])
+def test_every_solver_lands_on_a_single_training_point(solver):
+    target = torch.linspace(-1, 1, 48, dtype=torch.float64).reshape(1, 3, 4, 4)
+    levels = solver.timesteps(7)
+    noise = torch.randn(1, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = solver.run(perfect_denoiser(solver, target), levels, solver.prior(noise, levels), [])
+    torch.testing.assert_close(out, target, atol=1e-9, rtol=0)
+
+
+def gaussian_denoiser(solver, mu, std):
+    """The exact denoiser for data N(mu, std^2): D(x; sigma) = mu + std^2 / (std^2 + sigma^2) (x - mu),
+    handed to an EDM solver through its preconditioning."""
+    edm = solver.objective
+
+    def denoise(x_in, model_time):
+        sigma = math.exp(4 * model_time / 1000)
+        x = x_in / edm.c_in(sigma)
+        d = mu + std**2 / (std**2 + sigma**2) * (x - mu)
+        return (d - edm.c_skip(sigma) * x) / edm.c_out(sigma)
+    return denoise
+
+
+@pytest.mark.parametrize("kind,order", [(EulerSolver, 1), (HeunSolver, 2), (DPMSolverPlusPlus2M, 2)])
+def test_solvers_converge_at_their_order_to_the_exact_gaussian_flow(kind, order):
+    """For data N(mu, std^2) the probability-flow ODE is solved in closed form,
+    x(0) = mu + (x(sigma_max) - mu) std / sqrt(std^2 + sigma_max^2): doubling the steps must cut the
+    error by 2^order (Euler first order; Heun and DPM-Solver++(2M) second order)."""
+    solver = kind(objective=EDMObjective())
+    mu, std = 0.3, 0.4
+    noise = torch.randn(2000, 1, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    errors = []
+    for steps in (20, 40, 80):
+        levels = solver.timesteps(steps)
+        x = solver.prior(noise, levels)
+        exact = mu + (x - mu) * std / math.sqrt(std**2 + levels[0] ** 2)
+        out = solver.run(gaussian_denoiser(solver, mu, std), levels, x, [])
+        errors.append(float((out - exact).abs().max()))
+    ratios = [errors[i] / errors[i + 1] for i in range(2)]
+    assert all(0.75 * 2**order < r < 1.6 * 2**order for r in ratios), (errors, ratios)
+    assert errors[-1] < (0.06 if order == 1 else 0.005)
+
+
+def test_grids():
+    euler = EulerSolver(SCHEDULE, "v", sigmas="karras", rho=7.0)
+    levels = np.array(euler.timesteps(10))
+    lo, hi = euler.objective.sigma_range()
+    assert levels[0] == pytest.approx(hi) and levels[-1] == pytest.approx(lo)
+    ramp = levels ** (1 / 7)
+    np.testing.assert_allclose(np.diff(ramp), np.diff(ramp)[0], rtol=1e-9)  # evenly spaced in sigma^(1/rho)
+    expo = np.array(EulerSolver(SCHEDULE, "v", sigmas="exponential").timesteps(10))
+    np.testing.assert_allclose(np.diff(np.log(expo)), np.diff(np.log(expo))[0], rtol=1e-9)
+    ddim_grid = DDIMScheduler(SCHEDULE, "v", timestep_spacing="trailing").timesteps(10)
+    default = EulerSolver(SCHEDULE, "v", sigmas="default", timestep_spacing="trailing").timesteps(10)
+    assert [round(euler.objective.from_sigma(s)[0]) for s in default] == ddim_grid
+    edm_levels = HeunSolver(objective=EDMObjective()).timesteps(18)
+    assert edm_levels[0] == pytest.approx(80.0) and edm_levels[-1] == pytest.approx(0.002)
+    assert HeunSolver(objective=EDMObjective()).img2img_timesteps(10, 0.3) == HeunSolver(objective=EDMObjective()).timesteps(10)[7:]
+
+
+def test_euler_is_ddim_in_sigma():
+    """With the same network, Euler on the DDIM grid and DDIM (eta 0) give the same trajectory."""
+    ddim = DDIMScheduler(SCHEDULE, "v", timestep_spacing="trailing")
+    euler = EulerSolver(SCHEDULE, "v", sigmas="default", timestep_spacing="trailing")
+    network = lambda x, t: 0.5 * x * math.cos(float(torch.as_tensor(t).double().round()) / 300)  # noqa: E731
+    noise = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grid = ddim.timesteps(8)
+    a = noise
+    for t, t_prev in zip(grid, ddim.previous_timesteps(grid)):  # DDIM's own step, in float64
+        a = ddim.step(network(a, t), t, t_prev, a).prev_sample
+    levels = euler.timesteps(8)
+    b = euler.run(network, levels, euler.prior(noise, levels), [])
+    torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
