@@ -16,6 +16,7 @@ from diffusion.errors import UserError
 # Every class a config may name. A checkpoint is data: anything else is refused before it is imported.
 ALLOWED_TARGETS = frozenset({
     "models.unet.UNet",
+    "models.dit.DiT",
     "models.text_encoder.TextEncoder",
     "models.minilm.MiniLMEncoder",
     "models.vae.AutoencoderKL",

@@ -128,9 +128,12 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     # model, EMA, optimizer (built identically on every process from the same seed)
     torch.manual_seed(cfg.seed)
     model = build_diffusion_model(cfg, info, vocabulary).to(device)
-    if info["shape"][1] % model.unet.downsampling:
-        raise UserError(f"the model's input is {info['shape'][1]}px, which its UNet cannot halve {len(cfg.model.channel_mult) - 1} "
-                        f"times; use a resolution divisible by {model.unet.downsampling} (dataset.resolution)")
+    factor = int(getattr(model.unet, "downsampling", 1))  # the UNet's total halving, or the DiT's patch size
+    if info["shape"][1] % factor or info["shape"][1] < factor:
+        what = (f"split into {factor}x{factor} patches" if hasattr(model.unet, "patch_size") else
+                f"halve {len(cfg.model.get('channel_mult', ())) - 1} times")
+        raise UserError(f"the model's input is {info['shape'][1]}px, which the network cannot {what}; "
+                        f"use a resolution divisible by {factor} (dataset.resolution) or a smaller model.patch_size")
     memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     ema = EMA(model, trainer.ema_decay, trainer.ema_warmup)
