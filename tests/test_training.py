@@ -63,7 +63,7 @@ def test_sample_text_to_image_and_image_to_image_from_the_command_line(trained, 
                         "num_images=2", "steps=4", f"out_dir={i2i}", "sampler=ddpm", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     meta = read_png_metadata(i2i / "0000_seed0.png")
-    assert meta["init_image"] == str(init) and meta["strength"] == 0.5 and meta["sampler"] == "DDPMScheduler"
+    assert meta["init_image"] == str(init) and meta["strength"] == 0.5 and meta["sampler"] == "ddpm"
     assert (i2i / "grid.png").is_file()
 
 
@@ -122,7 +122,9 @@ def test_a_save_killed_midway_never_replaces_the_good_checkpoint(tmp_path, monke
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_loss = loop.diffusion_loss
+    from diffusion.objectives import DDPMObjective
+
+    real_loss = DDPMObjective.loss
     calls = {"n": 0}
 
     def loss_that_explodes(*args, **kwargs):
@@ -130,7 +132,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
         value = real_loss(*args, **kwargs)
         return value * float("nan") if calls["n"] > 3 else value
 
-    monkeypatch.setattr(loop, "diffusion_loss", loss_that_explodes)
+    monkeypatch.setattr(DDPMObjective, "loss", loss_that_explodes)
     with pytest.raises(UserError, match=r"NaN or infinite by step 4; .*last good checkpoint is .*last.ckpt \(step 2\)"):
         train(tiny_train_cfg(tmp_path, "trainer.max_steps=6", "trainer.log_every=2"))
     assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["step"] == 2
