@@ -21,6 +21,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from diffusion.config import sampler_name
+from diffusion.cost import EnergyMeter, FlopTally, check_power_watts, energy_words, si
 from diffusion.errors import UserError
 from diffusion.guidance import classifier_free_guidance
 from diffusion.sampling import StepInfo, per_image_normal
@@ -46,16 +47,19 @@ def generate_images(
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,  # latents -> images
     device="cpu",
     callback: Callable[[StepInfo], None] | None = None,
+    tally: FlopTally | None = None,  # counts the FLOPs of the text encoder, every denoiser call and the decoder
 ) -> torch.Tensor:
     """Images [N, 3, H, W] in [-1, 1] for one batch. Every image depends on its seed only."""
     n = len(prompts)
+    tally = tally if tally is not None else FlopTally(enabled=False)
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     labels = None if class_labels is None else torch.as_tensor(class_labels)
     text_conditional = getattr(model, "is_text_conditional", True)
-    cond = model.encode(list(prompts) if text_conditional else None, labels, device=device)
-    uncond = model.encode([negative_prompt] * n if text_conditional else None,
+    encode = tally.wrap("encode", model.encode)
+    cond = encode(list(prompts) if text_conditional else None, labels, device=device)
+    uncond = encode([negative_prompt] * n if text_conditional else None,
                           None if labels is None else torch.full_like(labels, -1), device=device)
-    denoise = classifier_free_guidance(model, cond, uncond, guidance_scale)
+    denoise = tally.wrap("denoise", classifier_free_guidance(model, cond, uncond, guidance_scale))
 
     noise = per_image_normal(generators, shape, device)  # [N, C, H, W]
     inpaint = None
@@ -73,8 +77,16 @@ def generate_images(
                 return x + keep * (scheduler.noised(init, noise, level) - x)
     check_mask_has_init(mask, init)
     x = scheduler.run(denoise, timesteps, x, generators, eta=eta, callback=callback, inpaint=inpaint)
-    images = decode(x) if decode is not None else x
+    images = tally.wrap("decode", decode)(x) if decode is not None else x
     return images.clamp(-1, 1)
+
+
+def cost_line(costs: list[dict]) -> str:
+    """The mean cost of one image, in words."""
+    n = len(costs)
+    flops, seconds, joules = (sum(c[key] for c in costs) / n for key in ("flops", "seconds", "energy_j"))
+    return (f"cost per image: {si(flops, 'FLOP')} ({costs[0]['network_calls']} network calls), {seconds:.3g} s, "
+            f"{energy_words(joules)} {costs[0]['energy_source']}")
 
 
 def check_mask_has_init(mask, init) -> None:
@@ -151,6 +163,7 @@ def check_sampling_values(cfg) -> None:
     for name, value, ok, allowed in checks:
         if not ok:
             raise UserError(f"{name}={value!r} is out of range: use {allowed}")
+    check_power_watts(cfg)
 
 
 def load_init_image(path, resolution: int) -> torch.Tensor:
@@ -241,14 +254,22 @@ def generate(cfg) -> list[Path]:
         raise UserError(f"{clashes[0]} already exists; choose another out_dir (nothing was overwritten)")
     labels = [int(cfg.class_label)] * len(jobs) if cfg.get("class_label") is not None else None
 
-    images = []
+    images, costs = [], []  # costs: one per image, its share of its batch's FLOPs, seconds and energy
+    meter = EnergyMeter(device, cfg.get("cost", {}).get("power_watts"))
     for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="sampling", unit="batch", disable=len(jobs) <= cfg.batch_size):
         batch = jobs[start: start + cfg.batch_size]
+        tally = FlopTally()
+        meter.start()
         images.append(generate_images(
             model, scheduler, [p for p, _ in batch], [s for _, s in batch], shape=shape, steps=steps, eta=eta,
             guidance_scale=float(cfg.guidance_scale), negative_prompt=cfg.negative_prompt or "",
             class_labels=None if labels is None else labels[start: start + cfg.batch_size],
-            init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device).cpu())
+            init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device, tally=tally).cpu())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        costs += [{"flops": tally.total / len(batch), "seconds": round(meter.seconds() / len(batch), 4),
+                   "energy_j": round(meter.joules() / len(batch), 4), "energy_source": meter.source,
+                   "network_calls": tally.calls.get("denoise", 0)}] * len(batch)
     images = torch.cat(images)
 
     common = {"ckpt": str(cfg.ckpt), "ckpt_step": int(loaded.payload["step"]), "use_ema": bool(cfg.use_ema),
@@ -257,9 +278,10 @@ def generate(cfg) -> list[Path]:
               "init_image": str(cfg.init_image) if cfg.init_image else None,
               "strength": strength if cfg.init_image else None, "mask": str(cfg.mask) if cfg.get("mask") else None,
               "class_label": cfg.get("class_label")}
-    for (prompt, seed), image, path in zip(jobs, images, names):
-        save_png(to_pil(image), path, {"prompt": prompt, "seed": seed, **common})
+    for (prompt, seed), image, path, cost in zip(jobs, images, names, costs):
+        save_png(to_pil(image), path, {"prompt": prompt, "seed": seed, **common, "cost": cost})
     save_png(image_grid(images, columns=cfg.num_images if len(prompts) > 1 else None), out_dir / "grid.png",
              {"prompts": prompts, **common})
     print(f"wrote {len(names)} images and grid.png to {out_dir}")
+    print(cost_line(costs))
     return names

@@ -46,6 +46,9 @@ def test_sample_text_to_image_and_image_to_image_from_the_command_line(trained, 
     assert files == ["0000_seed10.png", "0001_seed11.png", "0002_seed12.png", "grid.png"]
     meta = read_png_metadata(out / "0001_seed11.png")
     assert meta["prompt"] == "a red bird, facing left" and meta["seed"] == 11 and meta["steps"] == 3
+    cost = meta["cost"]  # each image's share of its batch: 3 guided network calls, their FLOPs, seconds, energy
+    assert cost["network_calls"] == 3 and cost["flops"] > 0 and cost["seconds"] > 0 and cost["energy_j"] > 0
+    assert cost["energy_source"].startswith(("measured", "estimated")) and "cost per image: " in result.stdout
     assert Image.open(out / "0001_seed11.png").size == (16, 16)
 
     # the second image of that batch, alone, from its recorded seed: the same pixels

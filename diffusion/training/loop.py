@@ -17,6 +17,7 @@ from omegaconf import OmegaConf, open_dict
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from diffusion.cost import RunCost, check_power_watts, count_flops
 from diffusion.errors import UserError, check_choice
 from diffusion.losses import WEIGHTINGS
 from diffusion.objectives import OBJECTIVES, objective_for
@@ -75,6 +76,7 @@ def validate(cfg) -> None:
     if trainer.get("fit_schedule_to_time") and trainer.max_minutes is None:
         raise UserError("trainer.fit_schedule_to_time=true needs a time budget: set trainer.max_minutes too")
     check_choice("logger.mode", cfg.logger.get("mode", "offline"), ("offline", "online", "disabled"))
+    check_power_watts(cfg)
 
 
 DEFAULT_SAMPLERS = {"flow": "flow_euler", "edm": "heun"}
@@ -146,6 +148,9 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     schedule = NoiseSchedule.from_name(**cfg.schedule)
     objective = objective_for(cfg, schedule)
 
+    cost = RunCost(training_flops_per_image(model, objective, cfg, dataset, info, device, memory_format), device,
+                   processes.world_size, cfg.get("cost", {}).get("power_watts"), resumed.get("cost") if resumed else None)
+
     forward = model
     if processes.distributed:
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -169,6 +174,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
         payload = training_state(cfg, model, ema, optimizer, step, info, vocabulary, space, processes)
         payload["samples_seen"] = samples_seen
         payload["train_seconds"] = trained_before + time.time() - start_time  # across resumes
+        payload["cost"] = cost.totals(samples_seen)
         if periodic:
             ckpt.save_checkpoint(payload, checkpoint_dir / f"step_{step:07d}.ckpt")
             ckpt.prune_checkpoints(checkpoint_dir, trainer.keep_last)
@@ -233,6 +239,9 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
                 values = {"loss": loss_sum.item() / ((step - last_log_step) * trainer.grad_accum), "lr": lr,
                           "images_per_s": (step - last_log_step) * global_micro_batch * trainer.grad_accum / max(elapsed, 1e-9),
                           "elapsed_s": round(time.time() - start_time, 2)}
+                totals = cost.totals(samples_seen)
+                values.update(train_flops=totals["train_flops"], images_seen=totals["images_seen"],
+                              device_s=round(totals["device_seconds"], 2), energy_j=round(totals["energy_j"], 2))
                 logger.log(step, values)
                 bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.1e}", img_s=f"{values['images_per_s']:.0f}")
                 loss_sum.zero_()
@@ -260,6 +269,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
         if not stopping:
             logger.log_image(step, "samples", grid.draw(ema.model, step))
         print(f"checkpoint: {final}")
+        print(RunCost.line(cost.totals(samples_seen)))
     logger.close()
     return final
 
@@ -286,6 +296,24 @@ def micro_batch_loss(forward, batch, objective, cfg, processes, device, step, mi
         x_t = objective.noisy(x0, noise, t).to(x0.dtype)
         output = forward(objective.network_input(x_t, t), objective.model_time(t), prompts=prompts, class_labels=labels)
     return objective.loss(output, x0, noise, x_t, t).mean()
+
+
+def training_flops_per_image(model, objective, cfg, dataset, info, device, memory_format) -> float:
+    """FLOPs of training on one image (text encoder, denoiser, loss; forward + backward), counted once on a
+    2-image micro-batch of the run's own shapes and a real caption. The RNG and the gradients are left as
+    they were, so the run trains exactly as it would without the count."""
+    n = 2
+    from diffusion.training.grids import fixed_prompts
+
+    caption = fixed_prompts(dataset, 1)[0] if len(dataset) else ""
+    batch = {"image": torch.zeros(n, *info["shape"]), "text": [caption] * n, "label": torch.zeros(n, dtype=torch.long)}
+    from diffusion.training.runtime import Processes
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        flops, _ = count_flops(lambda: micro_batch_loss(model, batch, objective, cfg, Processes(), device, 0, 0,
+                                                        memory_format).backward())
+    model.zero_grad(set_to_none=True)
+    return flops / n
 
 
 def diverged(step: int, last_good: tuple[Path, int] | None) -> TrainingDiverged:
