@@ -17,6 +17,7 @@ from diffusion.errors import UserError
 ALLOWED_TARGETS = frozenset({
     "models.unet.UNet",
     "models.dit.DiT",
+    "models.mmdit.MMDiT",
     "models.text_encoder.TextEncoder",
     "models.minilm.MiniLMEncoder",
     "models.vae.AutoencoderKL",

@@ -149,21 +149,8 @@ class DiT(nn.Module):
     def forward(self, x: torch.Tensor, t, cond=None) -> torch.Tensor:
         batch, _, height, width = x.shape
         p = self.patch_size
-        if height % p or width % p:
-            raise ValueError(f"input {height}x{width} is not divisible by the DiT patch size {p}; use a resolution "
-                             f"that is a multiple of {p}")
-        t = torch.full((), t, device=x.device) if isinstance(t, (int, float)) else torch.as_tensor(t, device=x.device)
-        t = t.expand(batch) if t.ndim == 0 else t
-        c = self.time_embed(timestep_embedding(t, self.frequency_dim).to(x.dtype))
-        if self.class_embed is not None:
-            labels = cond_field(cond, "class_labels")
-            c = c + self.class_embed(torch.where(labels < 0, self.class_embed.num_embeddings - 1, labels))
-        if self.pooled_embed is not None:
-            c = c + self.pooled_embed(cond_field(cond, "pooled"))
-        if self.word_embed is not None:
-            ids, mask = cond_field(cond, "token_ids"), cond_field(cond, "context_mask")
-            weights = mask.to(c.dtype)[..., None]
-            c = c + (self.word_embed(ids) * weights).sum(1) / weights.sum(1).clamp(min=1).sqrt()
+        check_patch_grid(height, width, p, "DiT")
+        c = condition_embedding(self, x, t, cond)  # (B, D)
         context, context_mask = cond_field(cond, "context"), cond_field(cond, "context_mask")
         if self.context_dim is not None and context is None:
             raise ValueError("this DiT is text-conditional: pass cond with `context` [B, L, context_dim]")
@@ -175,8 +162,45 @@ class DiT(nn.Module):
             h = block(h, c, context, context_mask)
         shift, scale = self.ada_out(c).chunk(2, dim=1)
         h = self.out(modulate(self.norm_out(h), shift, scale))  # (B, N, p*p*C)
-        h = h.view(batch, grid_h, grid_w, p, p, self.out_channels)
-        return h.permute(0, 5, 1, 3, 2, 4).reshape(batch, self.out_channels, height, width)
+        return unpatchify(h, grid_h, grid_w, p, self.out_channels)
+
+
+# ---------------------------------------------------------------------------------------------- shared with MMDiT
+
+
+def check_patch_grid(height: int, width: int, p: int, name: str) -> None:
+    """One line for an input the patch grid cannot cover."""
+    if p > height or p > width:
+        raise ValueError(f"input {height}x{width} is smaller than the {name} patch size {p}; use a smaller model.patch_size")
+    if height % p or width % p:
+        raise ValueError(f"input {height}x{width} is not divisible by the {name} patch size {p}; use a resolution "
+                         f"that is a multiple of {p}")
+
+
+def condition_embedding(model: nn.Module, x: torch.Tensor, t, cond) -> torch.Tensor:
+    """c = time MLP(sinusoids(t)) [+ class embedding] [+ pooled text] [+ bag of words]: (B, D). Reads the
+    model's `time_embed`, `class_embed`, `pooled_embed`, `word_embed` (None where absent) and `frequency_dim`."""
+    batch = x.shape[0]
+    t = torch.full((), t, device=x.device) if isinstance(t, (int, float)) else torch.as_tensor(t, device=x.device)
+    t = t.expand(batch) if t.ndim == 0 else t
+    c = model.time_embed(timestep_embedding(t, model.frequency_dim).to(x.dtype))
+    if model.class_embed is not None:
+        labels = cond_field(cond, "class_labels")
+        c = c + model.class_embed(torch.where(labels < 0, model.class_embed.num_embeddings - 1, labels))
+    if model.pooled_embed is not None:
+        c = c + model.pooled_embed(cond_field(cond, "pooled"))
+    if model.word_embed is not None:
+        ids, mask = cond_field(cond, "token_ids"), cond_field(cond, "context_mask")
+        weights = mask.to(c.dtype)[..., None]
+        c = c + (model.word_embed(ids) * weights).sum(1) / weights.sum(1).clamp(min=1).sqrt()
+    return c
+
+
+def unpatchify(h: torch.Tensor, grid_h: int, grid_w: int, p: int, channels: int) -> torch.Tensor:
+    """(B, N, p*p*C) tokens in row-major patch order -> (B, C, grid_h * p, grid_w * p)."""
+    batch = h.shape[0]
+    h = h.view(batch, grid_h, grid_w, p, p, channels)
+    return h.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, grid_h * p, grid_w * p)
 
 
 def dit_flops_per_image(model: DiT, channels: int, resolution: int) -> int:
@@ -191,4 +215,5 @@ def dit_flops_per_image(model: DiT, channels: int, resolution: int) -> int:
     return counter.get_total_flops()
 
 
-__all__ = ["DiT", "DiTBlock", "sincos_2d", "dit_flops_per_image", "math"]
+__all__ = ["DiT", "DiTBlock", "sincos_2d", "modulate", "check_patch_grid", "condition_embedding", "unpatchify",
+           "dit_flops_per_image", "math"]

@@ -27,7 +27,7 @@ def tiny_train_cfg(output_dir: Path, *overrides: str, config_name: str = "train"
     tiny = TINY_TRAIN
     if any(o.startswith("text=") and o != "text=scratch" for o in overrides):  # only the scratch encoder has a width
         tiny = [o for o in TINY_TRAIN if not o.startswith("text.")]
-    if any(o.startswith("model=dit") for o in overrides):  # a transformer: shrink its own keys instead
+    if any(o.startswith(("model=dit", "model=mmdit")) for o in overrides):  # a transformer: shrink its own keys instead
         tiny = [o for o in tiny if not o.startswith("model.")] + ["model.hidden_size=32", "model.depth=2", "model.num_heads=2"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=config_name,

@@ -72,6 +72,8 @@ def test_bad_inputs_are_one_clear_line():
     model = DiT(in_channels=3, patch_size=4, hidden_size=32, depth=1, num_heads=2, context_dim=16)
     with pytest.raises(ValueError, match="not divisible by the DiT patch size 4"):
         model(torch.randn(1, 3, 18, 18), torch.tensor([1]), text_cond(1))
+    with pytest.raises(ValueError, match="2x2 is smaller than the DiT patch size 4"):
+        model(torch.randn(1, 3, 2, 2), torch.tensor([1]), text_cond(1))
     with pytest.raises(ValueError, match="text-conditional: pass cond with `context`"):
         model(torch.randn(1, 3, 16, 16), torch.tensor([1]), None)
     with pytest.raises(ValueError, match="class-conditional only"):
