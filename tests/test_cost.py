@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.evaluation.cost import main as cost_cli
 from diffusion.cost import EnergyMeter, FlopTally, RunCost, count_flops, rapl_counter
 from diffusion.training import checkpoint as ckpt
 from diffusion.training import train
@@ -91,6 +92,22 @@ def test_a_run_records_its_cost_in_metrics_checkpoint_and_closing_line(tmp_path,
                                                         "cost.power_watts=40")))["cost"]
     assert resumed["images_seen"] == 16 and resumed["train_flops"] == 2 * cost["train_flops"]
     assert resumed["device_seconds"] > cost["device_seconds"] and resumed["energy_j"] > cost["energy_j"]
+
+    # the comparison: one row per run, from the checkpoints' cost and (for b) an evaluation.json beside it
+    evaluation = {"fid": 123.4, "extractor": "probe", "adherence": {"colour": 0.5, "facing": 1.0}, "num_images": 8,
+                  "cost_per_image": {"flops": 2.5e9, "seconds": 0.1, "energy_j": 3.0, "energy_source": "measured (RAPL)"}}
+    (tmp_path / "b" / "eval").mkdir()
+    (tmp_path / "b" / "eval" / "evaluation.json").write_text(json.dumps(evaluation))
+    chart = tmp_path / "cost.png"
+    cost_cli([str(tmp_path / "a"), str(tmp_path / "b" / "checkpoints" / "last.ckpt"), "--chart", str(chart),
+              "--json", str(tmp_path / "cost.json")])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {tmp_path}")]
+    assert len(rows) == 2 and "| 8 |" in rows[0] and "| 16 |" in rows[1] and rows[0].endswith("| — | — | — | — |")
+    assert "2.5 GFLOP | 3 J measured | 75.0% | 123.4 |" in rows[1]
+    assert chart.stat().st_size > 10_000 and json.loads((tmp_path / "cost.json").read_text())[1]["cost"] == resumed
+    with pytest.raises(SystemExit) as stopped:
+        cost_cli([str(tmp_path / "nothing here")])
+    assert stopped.value.code == 2 and "neither a checkpoint nor a run directory" in capsys.readouterr().err
 
 
 def test_training_flops_are_about_three_forwards(tmp_path):

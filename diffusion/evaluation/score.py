@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from diffusion.data.toybirds import ATTRIBUTES, RENDERER_VERSION, ToyBirds, parse_prompt
 from diffusion.evaluation.fid import fid_from_features, frechet_distance, gaussian_statistics, reference_statistics
 from diffusion.evaluation.kid import kernel_inception_distance
+from diffusion.cost import EnergyMeter, FlopTally
 from diffusion.pipeline import generate_images
 
 SAMPLER_DIR = Path(__file__).resolve().parents[2] / "conf" / "sampler"
@@ -79,20 +80,30 @@ def toybirds_reference(extractor, resolution: int, count: int, cache_dir=None, b
 @torch.no_grad()
 def generate(loaded, prompts: list[str], seeds: list[int], *, steps: int | None = None, guidance_scale: float = 3.0,
              sampler_cfg=None, eta: float | None = None, batch_size: int = 64, device="cpu", progress: bool = True,
-             negative_prompt: str = "", on_batch=None):
+             negative_prompt: str = "", on_batch=None, cost: dict | None = None):
     """Generate one image per (prompt, seed) in batches: yields (indices, images [B, 3, H, W] in [-1, 1] on the CPU).
-    `on_batch(indices, images)` is called too, when given."""
+    `on_batch(indices, images)` is called too, when given; into `cost`, when given, go the generation's FLOPs,
+    images, seconds and joules (summed over batches) and the energy figure's source."""
     scheduler = loaded.scheduler(sampler_cfg)
     sampler_cfg = sampler_cfg or loaded.config.sampler
     steps = int(steps or sampler_cfg.steps)
     eta = float(eta if eta is not None else (sampler_cfg.get("eta") or 0.0))
     shape = tuple(loaded.payload["data"]["shape"])
     starts = range(0, len(prompts), batch_size)
+    meter = EnergyMeter(device)
     for first in tqdm(starts, desc="generating", unit="batch", disable=not progress, dynamic_ncols=True):
         indices = list(range(first, min(first + batch_size, len(prompts))))
+        tally = FlopTally(enabled=cost is not None)
+        meter.start()
         images = generate_images(loaded.model, scheduler, [prompts[i] for i in indices], [seeds[i] for i in indices],
                                  shape=shape, steps=steps, eta=eta, guidance_scale=guidance_scale,
-                                 negative_prompt=negative_prompt, decode=loaded.space.decode, device=device).cpu()
+                                 negative_prompt=negative_prompt, decode=loaded.space.decode, device=device,
+                                 tally=tally).cpu()
+        if cost is not None:  # .cpu() above waited for the device
+            for key, value in (("flops", tally.total), ("images", len(indices)), ("seconds", meter.seconds()),
+                               ("energy_j", meter.joules())):
+                cost[key] = cost.get(key, 0) + value
+            cost["energy_source"] = meter.source
         if on_batch is not None:
             on_batch(indices, images)
         yield indices, images
@@ -152,14 +163,18 @@ def evaluate(loaded, extractor, *, num: int = 1000, ref_num: int | None = None, 
     from diffusion.evaluation.probe import predict
 
     mine = list(range(processes.rank, num, processes.world_size))
-    rows, started = [], time.time()
+    rows, started, cost = [], time.time(), {}
     for indices, images in generate(loaded, [prompts[i] for i in mine], [seeds[i] for i in mine], steps=steps,
                                     guidance_scale=guidance_scale, sampler_cfg=sampler_cfg, eta=eta,
-                                    batch_size=batch_size, device=device, progress=progress and processes.is_main):
+                                    batch_size=batch_size, device=device, progress=progress and processes.is_main,
+                                    cost=cost):
         features, readings = extractor(images), predict(probe, images)
         for k, i in enumerate(indices):
             rows.append((mine[i], features[k], readings[k], images[k] if mine[i] < keep_images else None))
     seconds = time.time() - started
+    generated = max(cost.get("images", 0), 1)  # this process's images: its own FLOPs, seconds and energy per image
+    cost_per_image = {**{key: cost.get(key, 0) / generated for key in ("flops", "seconds", "energy_j")},
+                      "energy_source": cost.get("energy_source"), "of": "generation only (not the features or the probe)"}
     rows = sorted(gather(rows, processes), key=lambda row: row[0])
     if not processes.is_main:
         return None
@@ -180,7 +195,7 @@ def evaluate(loaded, extractor, *, num: int = 1000, ref_num: int | None = None, 
         "extractor": extractor.name, "num_images": num, "ref_num": ref_num, "processes": processes.world_size,
         "sampler": sampler_cfg.get("_target_", "?").rsplit(".", 1)[-1], "steps": int(steps or sampler_cfg.steps),
         "guidance_scale": guidance_scale, "seed": seed, "generation_seconds": round(seconds, 2),
-        "ckpt_step": int(loaded.payload.get("step", -1)),
+        "ckpt_step": int(loaded.payload.get("step", -1)), "cost_per_image": cost_per_image,
         "images": torch.stack([row[3] for row in rows if row[3] is not None]) if keep_images else None,
         "prompts": prompts[:keep_images],
     }

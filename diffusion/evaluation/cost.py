@@ -1,0 +1,138 @@
+"""Cost and quality of training runs, side by side: a table and a bar chart.
+
+    python -m diffusion.evaluation.cost outputs/2026-12-06/10-00-00 outputs/2026-12-06/11-00-00
+    python -m diffusion.evaluation.cost outputs/*/* --chart cost.png --json cost.json
+
+Each argument is a run directory (its checkpoints/last.ckpt) or a checkpoint file. Cost comes from the
+checkpoint's "cost" (what the training loop accounted: FLOPs, device-seconds, energy with its label);
+quality and the cost of one sampled image from the newest evaluation.json under the run directory
+(written by `python -m diffusion.evaluation --ckpt <run>/checkpoints/last.ckpt --out <run>/eval`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from diffusion.cost import energy_words, si
+from diffusion.errors import UserError
+
+
+def find_checkpoint(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if (path / "checkpoints" / "last.ckpt").is_file():
+        return path / "checkpoints" / "last.ckpt"
+    if (path / "last.ckpt").is_file():
+        return path / "last.ckpt"
+    raise UserError(f"{path} is neither a checkpoint nor a run directory with checkpoints/last.ckpt; give a run "
+                    f"directory that train.py wrote (outputs/<date>/<time>)")
+
+
+def run_row(path: Path) -> dict:
+    """One run's cost (from its checkpoint) and quality (from its evaluation.json, when there is one)."""
+    from omegaconf import OmegaConf
+
+    from diffusion.training.checkpoint import load_checkpoint
+
+    checkpoint = find_checkpoint(path)
+    payload = load_checkpoint(checkpoint, kind="diffusion")  # every way it can be wrong is one UserError
+    config = OmegaConf.create(payload["config"])
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    unet_weights = sum(v.numel() for k, v in payload["model"].items() if k.startswith("unet."))
+    row = {"run": str(path), "name": run_dir.name, "model": str(config.model._target_).rsplit(".", 1)[-1],
+           "objective": config.diffusion.get("objective", "ddpm"), "parameters": int(unet_weights),
+           "step": int(payload["step"]), "cost": payload.get("cost")}
+    evaluations = sorted(run_dir.rglob("evaluation.json"), key=lambda p: p.stat().st_mtime)
+    if evaluations:
+        result = json.loads(evaluations[-1].read_text())
+        adherence = result.get("adherence") or {}
+        row["evaluation"] = {"file": str(evaluations[-1]), "fid": result.get("fid"), "extractor": result.get("extractor"),
+                             "adherence_mean": sum(adherence.values()) / len(adherence) if adherence else None,
+                             "adherence": adherence, "num_images": result.get("num_images"),
+                             "ckpt_step": result.get("ckpt_step"), "cost_per_image": result.get("cost_per_image")}
+    return row
+
+
+def label(source: str | None) -> str:
+    """"estimated (20 W: ...)" -> "estimated"; "measured (RAPL)" -> "measured"; "mixed: ..." -> "mixed"."""
+    return (source or "?").split(" (")[0].split(":")[0]
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| run | model | steps | images seen | training FLOPs | device-hours | training energy | "
+             "FLOPs / image sampled | energy / image sampled | adherence | FID |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    dash = "—"
+    for row in rows:
+        cost, evaluation = row["cost"], row.get("evaluation") or {}
+        sample = evaluation.get("cost_per_image") or {}
+        cells = [row["run"], f"{row['model']} {row['parameters'] / 1e6:.2f}M ({row['objective']})", f"{row['step']:,}"]
+        if cost:
+            cells += [f"{cost['images_seen']:,}", si(cost["train_flops"], "FLOP"), f"{cost['device_seconds'] / 3600:.3g}",
+                      f"{energy_words(cost['energy_j'])} {label(cost['energy_source'])}"]
+        else:
+            cells += [dash, dash, dash, "not recorded (trained before cost accounting)"]
+        cells += [si(sample["flops"], "FLOP") if sample else dash,
+                  f"{energy_words(sample['energy_j'])} {label(sample['energy_source'])}" if sample else dash,
+                  f"{evaluation['adherence_mean']:.1%}" if evaluation.get("adherence_mean") is not None else dash,
+                  f"{evaluation['fid']:.1f}" if evaluation.get("fid") is not None else dash]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    """Three bar panels per run: training FLOPs, training energy (hatched = estimated), adherence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row["name"] for row in rows]
+    costs = [row["cost"] or {} for row in rows]
+    figure, axes = plt.subplots(1, 3, figsize=(max(10.0, 3 * 1.0 * len(rows) + 4), 3.8))
+    positions = range(len(rows))
+    axes[0].bar(positions, [c.get("train_flops", 0) / 1e15 for c in costs], color="tab:blue")
+    axes[0].set_title("training compute (PFLOP)", fontsize=10)
+    bars = axes[1].bar(positions, [c.get("energy_j", 0) / 3.6e3 for c in costs], color="tab:orange")
+    for bar, c in zip(bars, costs):
+        if c.get("energy_source", "").startswith("estimated"):
+            bar.set_hatch("//")
+    axes[1].set_title("training energy (Wh)\nhatched: estimated", fontsize=10)
+    adherence = [(row.get("evaluation") or {}).get("adherence_mean") for row in rows]
+    axes[2].bar(positions, [100 * a if a is not None else 0 for a in adherence], color="tab:green")
+    axes[2].set_ylim(0, 100)
+    axes[2].set_title("prompt adherence (%)", fontsize=10)
+    for axis in axes:
+        axis.set_xticks(list(positions), names, rotation=30, ha="right", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m diffusion.evaluation.cost", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (outputs/<date>/<time>) or checkpoint files")
+    parser.add_argument("--chart", type=Path, default=Path("cost.png"), help="the bar chart to write (default cost.png)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        if args.chart.exists() and args.chart.is_dir():
+            raise UserError(f"--chart {args.chart} is a directory; give a file name such as cost.png")
+        rows = [run_row(path) for path in args.runs]
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(table(rows))
+    chart(rows, args.chart)
+    print(f"wrote {args.chart}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
