@@ -46,6 +46,20 @@ is better**: ours / reference for images/s, reference / ours for memory and FLOP
   latents of `conf/vae/kl_f4.yaml`'s autoencoder, shape in the row: training on cached latents as
   `diffusion/latent_space.py` does, sampling including the decoder; untrained weights, since speed does not
   depend on them).
+
+**Transformers** (`python -m benchmarks.run --rows dit,mmdit --threads 1 --write-readme`, written to
+`<device>-transformers.json`; the mapping is in `benchmarks/transformers.py`): our `models.dit.DiT` beside
+diffusers' `DiTTransformer2DModel` (class-conditional, 10 classes: diffusers' DiT has no text path) and our
+`models.mmdit.MMDiT` beside `SD3Transformer2DModel` (20-token contexts of width 128 with padding masks and a
+pooled vector), at the sizes of `conf/model/dit_tiny.yaml` and `mmdit_tiny.yaml`, on 32x32x3 inputs, both
+sides contiguous. Same width, depth, heads and patch size; parameter counts are printed and asserted within 2%
+(DiT: identical once diffusers' per-block copies of the time + class embedding are counted once; MMDiT: 0.47%
+fewer in ours, since SD3's last block keeps text queries whose outputs it discards). SD3Transformer2DModel
+takes no attention mask, so it attends to the padding that ours masks out. **train** as above; **sample** is
+50 steps of one guided forward of [uncond; cond] per step (null class / empty prompt, guidance 4) with the
+same flow-Euler update on both sides, so that it times the backbone rather than a scheduler; **memory** and
+**flops** as above. No weight copying: the two layouts differ (fused vs separate q, k, v; diffusers' DiT time
+sinusoids are shifted), so these rows show equal size and FLOPs, not the same function.
 """
 
 
@@ -79,6 +93,7 @@ def compared_table(rows: list[dict]) -> list[str]:
             train = row["train_gflop_per_image"]
             notes.append(f"training {train['ours']:.3f} / {train['reference']:.3f} GFLOP/image "
                          f"({row['train_to_forward']['ours']}x forward)")
+        notes.extend(row.get("notes", []))
         if "spread" in row:
             notes.append(f"spread {row['spread']['ours']:.0%} / {row['spread']['reference']:.0%}")
         if "mfu" in row:

@@ -2,9 +2,14 @@
 
     python -m benchmarks.run [--rows train,sample,...] [--device cpu|cuda] [--models tiny,small,base]
                              [--repeats N] [--quick] [--out DIR] [--write-readme]
+    python -m benchmarks.run --rows dit,mmdit --threads 1 --write-readme   # the transformers (benchmarks/transformers.py)
 
+Rows `dit` and `mmdit` put our DiT / MMDiT beside diffusers' DiTTransformer2DModel / SD3Transformer2DModel:
+flops, train, sample and memory each, or only those of the four also named in --rows.
 Writes <out>/<device>.json (e.g. cpu-intel-xeon.json, cuda-h100-80gb-hbm3.json; `-contiguous` appended
-for --memory-format contiguous, `-quick` for --quick runs) and, with --write-readme, regenerates benchmarks/README.md from every JSON in <out>.
+for --memory-format contiguous, `-<tag>` for --tag, which defaults to `transformers` when only dit / mmdit
+rows are asked for (so that they do not replace the UNet results), `-quick` for --quick runs) and, with
+--write-readme, regenerates benchmarks/README.md from every JSON in <out>.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import compare, framework, report
+from benchmarks import compare, framework, report, transformers
 from benchmarks.memory import memory_row
 from benchmarks.settings import Settings
 from benchmarks.setups import MODELS, build_pair, check_same_architecture, check_same_function, make_inputs
 from benchmarks.timing import device_slug, load_average, machine_info
 
-ROWS = ("flops", "train", "sample", "memory", "ema", "compile", "data", "latent")
+ROWS = ("flops", "train", "sample", "memory", "ema", "compile", "data", "latent", "dit", "mmdit")
+UNET_ROWS = ("flops", "train", "sample", "memory", "ema", "compile")  # per --models UNet
+BACKBONES = ("dit", "mmdit")  # transformer rows: ours vs diffusers (benchmarks/transformers.py)
 HERE = Path(__file__).resolve().parent
 
 
@@ -50,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--write-readme", action="store_true", help="regenerate the README from the JSONs in --out")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md")
     parser.add_argument("--note", default=None, help="a line stored with the results (e.g. the machine's load)")
+    parser.add_argument("--tag", default=None, help="appended to the results file name (default: `transformers` "
+                                                    "when the rows are dit / mmdit only)")
     args = parser.parse_args(argv)
     args.rows = [r for r in args.rows.split(",") if r]
     args.models = [m for m in args.models.split(",") if m]
@@ -88,7 +97,7 @@ def run(args) -> dict:
                "settings": settings.as_dict(), "rows": [], "todo": []}
     rows = results["rows"]
     train_images_per_s = {}
-    for model in args.models:
+    for model in args.models if any(row in args.rows for row in UNET_ROWS) else []:
         pair = build_pair(model, settings.context_dim, resolution=settings.resolution, device=settings.device,
                           memory_format=settings.torch_memory_format)
         architecture = check_same_architecture(pair)
@@ -140,7 +149,12 @@ def run(args) -> dict:
             log(f"  latent: train pixels {row['pixels']:.1f}, latents {row['latents']:.1f} images/s")
         else:
             results["todo"].append("latent_vs_pixel: models/vae.py does not exist yet")
-    if settings.device.type == "cpu":
+    for backbone in (b for b in BACKBONES if b in args.rows):
+        chosen = [r for r in ("flops", "train", "sample", "memory") if r in args.rows] or ["flops", "train", "sample", "memory"]
+        rows.extend(transformers.rows(backbone, chosen, settings, log))
+    if settings.device.type == "cpu" and set(args.rows) <= set(BACKBONES):
+        results["todo"].append(f"GPU rows: python -m benchmarks.run --device cuda --rows {','.join(args.rows)} --write-readme")
+    elif settings.device.type == "cpu":
         results["todo"].append("GPU rows (and model FLOP utilisation): python -m benchmarks.run --device cuda "
                                "--models tiny,small,base --write-readme")
     results["meta"]["load_average_after"] = load_average()
@@ -153,8 +167,9 @@ def main(argv=None) -> None:
     args.argv = argv
     results = run(args)
     settings = results["settings"]
+    tag = args.tag if args.tag is not None else ("transformers" if set(args.rows) <= set(BACKBONES) else "")
     name = (device_slug(results_device(results)) + ("-contiguous" if settings["memory_format"] == "contiguous" else "")
-            + ("-quick" if args.quick else ""))
+            + (f"-{tag}" if tag else "") + ("-quick" if args.quick else ""))
     path = report.write_json(results, args.out / f"{name}.json")
     log(f"wrote {path}")
     print("\n".join(report.compared_table(results["rows"]) + [""] + report.framework_table(results["rows"])))

@@ -45,7 +45,8 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
 
 
 def modulate(h, shift, scale):
-    return h * (1 + scale[:, None]) + shift[:, None]
+    """adaLN: h (1 + scale) + shift, per sample ((B, D) broadcast over the tokens); one fused kernel."""
+    return torch.addcmul(shift[:, None], h, 1 + scale[:, None])
 
 
 class Attention(nn.Module):
@@ -157,7 +158,7 @@ class DiT(nn.Module):
 
         h = self.patchify(x)  # (B, D, H/p, W/p)
         grid_h, grid_w = h.shape[2:]
-        h = h.flatten(2).transpose(1, 2) + sincos_2d(grid_h, grid_w, h.shape[1]).to(h)  # (B, N, D)
+        h = (h.flatten(2).transpose(1, 2) + sincos_2d(grid_h, grid_w, h.shape[1]).to(h)).contiguous()  # (B, N, D)
         for block in self.blocks:
             h = block(h, c, context, context_mask)
         shift, scale = self.ada_out(c).chunk(2, dim=1)

@@ -57,29 +57,29 @@ class JointBlock(nn.Module):
         self.text = Stream(dim, mlp_ratio, pre_only=context_pre_only)
 
     def forward(self, x, y, c, key_mask=None):
-        """x (B, N, D) image tokens, y (B, L, D) text tokens, c (B, D), key_mask (B, 1, 1, N + L) or None."""
+        """x (B, N, D) image tokens, y (B, L, D) text tokens, c (B, D), key_mask (B, 1, 1, N + L) additive, or None."""
         batch, n, dim = x.shape
         length = y.shape[1]
         mod_x = self.image.ada_ln(c).chunk(6, dim=1)
         mod_y = self.text.ada_ln(c).chunk(2 if self.text.pre_only else 6, dim=1)
-        qkv_x = self.image.qkv(modulate(self.image.norm1(x), mod_x[0], mod_x[1])).view(batch, n, 3, self.heads, -1)
-        qkv_y = self.text.qkv(modulate(self.text.norm1(y), mod_y[0], mod_y[1])).view(batch, length, -1, self.heads, dim // self.heads)
-        if self.text.pre_only:  # image queries only; text supplies keys and values
+        head_dim = dim // self.heads
+        qkv_x = self.image.qkv(modulate(self.image.norm1(x), mod_x[0], mod_x[1])).view(batch, n, 3, self.heads, head_dim)
+        qkv_y = self.text.qkv(modulate(self.text.norm1(y), mod_y[0], mod_y[1])).view(batch, length, -1, self.heads, head_dim)
+        if self.text.pre_only:  # image queries only; the text supplies keys and values
             q = qkv_x[:, :, 0]
-            kv = torch.cat([qkv_x[:, :, 1:], qkv_y], dim=1)  # (B, N + L, 2, h, d)
+            k, v = torch.cat([qkv_x[:, :, 1:], qkv_y], dim=1).unbind(2)  # (B, N + L, h, d) each
         else:
-            joint = torch.cat([qkv_x, qkv_y], dim=1)  # (B, N + L, 3, h, d)
-            q, kv = joint[:, :, 0], joint[:, :, 1:]
-        q, k, v = q.transpose(1, 2), kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (B, h, T, d)
+            q, k, v = torch.cat([qkv_x, qkv_y], dim=1).unbind(2)  # (B, N + L, h, d) each
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, T, d)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         o = o.transpose(1, 2).reshape(batch, q.shape[2], dim)  # (B, N [+ L], D)
 
-        x = x + mod_x[2][:, None] * self.image.proj(o[:, :n])
-        x = x + mod_x[5][:, None] * self.image.mlp(modulate(self.image.norm2(x), mod_x[3], mod_x[4]))
+        x = torch.addcmul(x, mod_x[2][:, None], self.image.proj(o[:, :n]))  # x + gate * ...
+        x = torch.addcmul(x, mod_x[5][:, None], self.image.mlp(modulate(self.image.norm2(x), mod_x[3], mod_x[4])))
         if self.text.pre_only:
             return x, None
-        y = y + mod_y[2][:, None] * self.text.proj(o[:, n:])
-        y = y + mod_y[5][:, None] * self.text.mlp(modulate(self.text.norm2(y), mod_y[3], mod_y[4]))
+        y = torch.addcmul(y, mod_y[2][:, None], self.text.proj(o[:, n:]))
+        y = torch.addcmul(y, mod_y[5][:, None], self.text.mlp(modulate(self.text.norm2(y), mod_y[3], mod_y[4])))
         return x, y
 
 
@@ -149,12 +149,13 @@ class MMDiT(nn.Module):
 
         h = self.patchify(x)  # (B, D, H/p, W/p)
         grid_h, grid_w = h.shape[2:]
-        h = h.flatten(2).transpose(1, 2) + sincos_2d(grid_h, grid_w, h.shape[1]).to(h)  # (B, N, D)
+        h = (h.flatten(2).transpose(1, 2) + sincos_2d(grid_h, grid_w, h.shape[1]).to(h)).contiguous()  # (B, N, D)
         y = self.context_embedder(context.to(h.dtype))  # (B, L, D)
         key_mask = None
-        if context_mask is not None:  # image keys are always real; padding text keys are not attended to
-            image_keys = torch.ones(batch, h.shape[1], dtype=torch.bool, device=h.device)
-            key_mask = torch.cat([image_keys, context_mask.bool()], dim=1)[:, None, None, :]  # (B, 1, 1, N + L)
+        if context_mask is not None:  # image keys are always real; padding text keys get -inf before the softmax
+            real = torch.cat([torch.ones(batch, h.shape[1], dtype=torch.bool, device=h.device), context_mask.bool()], dim=1)
+            key_mask = torch.zeros(real.shape, dtype=h.dtype, device=h.device).masked_fill(~real, float("-inf"))
+            key_mask = key_mask[:, None, None, :]  # (B, 1, 1, N + L), added to the attention logits
         for block in self.blocks:
             h, y = block(h, y, c, key_mask)
         shift, scale = self.ada_out(c).chunk(2, dim=1)

@@ -70,3 +70,33 @@ def test_quick_benchmark_writes_results(tmp_path):
 def test_unknown_rows_are_refused(tmp_path):
     result = run_script("benchmarks.run", "--rows", "train,speed", "--out", str(tmp_path), cwd=tmp_path)
     assert result.returncode != 0 and "unknown rows ['speed']" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["dit", "mmdit"])
+def test_the_transformer_references_have_our_size(name):
+    """DiT: the same count once diffusers' per-block copies of the time + class embedding are counted once;
+    MMDiT: SD3's last block keeps one D x D (+ D) text-query projection more (its outputs are discarded)."""
+    from benchmarks import transformers
+    from benchmarks.settings import Settings
+
+    nets = transformers.build_both(name, Settings())
+    counts = transformers.parameter_counts(name, nets["ours"], nets["reference"])
+    width = transformers.model_config(name).hidden_size
+    assert counts["params_reference"] - counts["params_ours"] == (0 if name == "dit" else width * width + width)
+    assert (counts["params_reference_total"] > counts["params_reference"]) == (name == "dit")
+
+
+def test_quick_transformer_rows_write_their_own_results(tmp_path):
+    out, readme = tmp_path / "results", tmp_path / "README.md"
+    result = run_script("benchmarks.run", "--quick", "--rows", "mmdit", "--repeats", "1", "--device", "cpu",
+                        "--out", str(out), "--write-readme", "--readme", str(readme), cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = list(out.glob("cpu-*-transformers-quick.json"))  # a file of its own: the UNet results stay
+    assert len(files) == 1, list(out.iterdir())
+    rows = json.loads(files[0].read_text())["rows"]
+    assert sorted((row["row"], row["model"]) for row in rows) == [(r, "mmdit") for r in ("flops", "memory", "sample", "train")]
+    for row in rows:
+        higher_is_better = row["row"] in ("train", "sample")
+        expected = row["ours"] / row["reference"] if higher_is_better else row["reference"] / row["ours"]
+        assert row["ours"] > 0 and row["ratio"] == pytest.approx(expected, rel=1e-3)
+    assert "| train | mmdit | images/s |" in readme.read_text()
