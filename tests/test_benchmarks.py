@@ -100,3 +100,28 @@ def test_quick_transformer_rows_write_their_own_results(tmp_path):
         expected = row["ours"] / row["reference"] if higher_is_better else row["reference"] / row["ours"]
         assert row["ours"] > 0 and row["ratio"] == pytest.approx(expected, rel=1e-3)
     assert "| train | mmdit | images/s |" in readme.read_text()
+
+
+def test_the_gpu_command_runs_its_tiny_preset_here(tmp_path):
+    """benchmarks/gpu.sh is the one command for a lent GPU; without CUDA it runs the tiny preset: every variant
+    (eager / compiled x channels_last / contiguous, sampling, memory) through the same code, in one process."""
+    import subprocess
+
+    from tiny import ROOT
+
+    done = subprocess.run([str(ROOT / "benchmarks" / "gpu.sh"), "--preset", "tiny", "--device", "cpu", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [path] = tmp_path.glob("cpu-*-tiny.json")
+    results = json.loads(path.read_text())
+    assert results["meta"]["preset"] == "tiny" and results["meta"]["command"].startswith("benchmarks/gpu.sh")
+    rows = {(row["row"], row.get("variant", {}).get("compile"), row.get("variant", {}).get("memory_format")): row
+            for row in results["rows"]}
+    expected = {("flops", None, None), ("train", False, "channels_last"), ("train", False, "contiguous"),
+                ("sample", False, "channels_last"), ("memory", False, "channels_last"), ("train", True, "channels_last"),
+                ("train", True, "contiguous")}
+    assert set(rows) == expected
+    for key, row in rows.items():
+        assert row["ours"] > 0 and row["reference"] > 0, key
+    assert rows[("train", True, "channels_last")]["compile_seconds"]["ours"] > 0
+    assert "MFU" in " ".join(results["todo"])  # no bf16 peak for a CPU: said, not guessed
