@@ -166,7 +166,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     if processes.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temporaries(checkpoint_dir)
-        print(f"training {count_parameters(model.unet) / 1e6:.2f}M-parameter UNet"
+        print(f"training {count_parameters(model.unet) / 1e6:.2f}M-parameter {type(model.unet).__name__}"
               + (f" + {count_parameters(model.text_encoder) / 1e6:.2f}M text encoder" if model.text_encoder else "")
               + f" on {type(dataset).__name__} at {info['resolution']}px ({space.name}) on {device}; run: {run_dir}")
 
