@@ -142,3 +142,14 @@ def test_the_closing_line_reads_like_a_sentence():
 def test_mse_is_not_counted_as_model_flops():
     a = torch.randn(8, 8)
     assert count_flops(lambda: F.mse_loss(a, a))[0] == 0
+
+
+def test_the_final_loss_is_the_last_full_log_window(tmp_path):
+    from diffusion.evaluation.cost import final_loss
+
+    lines = [{"step": 50, "loss": 0.3}, {"step": 100, "loss": 0.2}, {"step": 150, "loss": 0.1}, {"step": 160, "loss": 0.9}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n{\"step\": 1")
+    assert final_loss(tmp_path) == 0.1  # the 10-step closing window and the cut-off line are passed over
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 7, "loss": 0.5}) + "\n")
+    assert final_loss(tmp_path) == 0.5  # a run shorter than one window: its only line
+    assert final_loss(tmp_path / "missing") is None

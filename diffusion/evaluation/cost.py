@@ -6,7 +6,8 @@
 Each argument is a run directory (its checkpoints/last.ckpt) or a checkpoint file. Cost comes from the
 checkpoint's "cost" (what the training loop accounted: FLOPs, device-seconds, energy with its label);
 quality and the cost of one sampled image from the newest evaluation.json under the run directory
-(written by `python -m diffusion.evaluation --ckpt <run>/checkpoints/last.ckpt --out <run>/eval`).
+(written by `python -m diffusion.evaluation --ckpt <run>/checkpoints/last.ckpt --out <run>/eval`); the final training
+loss from the run's metrics.jsonl (its last full log window: comparable between runs of one objective and weighting).
 """
 
 from __future__ import annotations
@@ -31,6 +32,29 @@ def find_checkpoint(path: Path) -> Path:
                     f"directory that train.py wrote (outputs/<date>/<time>)")
 
 
+def final_loss(run_dir: Path) -> float | None:
+    """The mean training loss of the run's last full log window in metrics.jsonl (the closing line of a run that
+    stopped between windows averages fewer steps, so it is passed over when a full window came before it)."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    lines = []
+    for text in metrics.read_text().splitlines():
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:  # a line cut short by a crash: the rest of the log still counts
+            continue
+        if isinstance(line, dict) and isinstance(line.get("loss"), (int, float)) and isinstance(line.get("step"), int):
+            lines.append(line)
+    if not lines:
+        return None
+    steps = [line["step"] for line in lines]
+    gaps = [b - a for a, b in zip(steps, steps[1:]) if b > a]
+    window = max(set(gaps), key=gaps.count) if gaps else None  # the log interval: the most common gap
+    full = [line for line, previous in zip(lines[1:], steps) if line["step"] - previous == window]
+    return float((full or lines)[-1]["loss"])
+
+
 def run_row(path: Path) -> dict:
     """One run's cost (from its checkpoint) and quality (from its evaluation.json, when there is one)."""
     from omegaconf import OmegaConf
@@ -44,7 +68,7 @@ def run_row(path: Path) -> dict:
     unet_weights = sum(v.numel() for k, v in payload["model"].items() if k.startswith("unet."))
     row = {"run": str(path), "name": run_dir.name, "model": str(config.model._target_).rsplit(".", 1)[-1],
            "objective": config.diffusion.get("objective", "ddpm"), "parameters": int(unet_weights),
-           "step": int(payload["step"]), "cost": payload.get("cost")}
+           "step": int(payload["step"]), "loss": final_loss(run_dir), "cost": payload.get("cost")}
     evaluations = sorted(run_dir.rglob("evaluation.json"), key=lambda p: p.stat().st_mtime)
     if evaluations:
         result = json.loads(evaluations[-1].read_text())
@@ -62,14 +86,15 @@ def label(source: str | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | model | steps | images seen | training FLOPs | device-hours | training energy | "
+    lines = ["| run | model | steps | final loss | images seen | training FLOPs | device-hours | training energy | "
              "FLOPs / image sampled | energy / image sampled | adherence | FID |",
-             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     dash = "—"
     for row in rows:
         cost, evaluation = row["cost"], row.get("evaluation") or {}
         sample = evaluation.get("cost_per_image") or {}
-        cells = [row["run"], f"{row['model']} {row['parameters'] / 1e6:.2f}M ({row['objective']})", f"{row['step']:,}"]
+        cells = [row["run"], f"{row['model']} {row['parameters'] / 1e6:.2f}M ({row['objective']})", f"{row['step']:,}",
+                 f"{row['loss']:.4g}" if row.get("loss") is not None else dash]
         if cost:
             cells += [f"{cost['images_seen']:,}", si(cost["train_flops"], "FLOP"), f"{cost['device_seconds'] / 3600:.3g}",
                       f"{energy_words(cost['energy_j'])} {label(cost['energy_source'])}"]
