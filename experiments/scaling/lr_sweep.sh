@@ -4,6 +4,7 @@
 #   experiments/scaling/lr_sweep.sh [MINUTES] [LR ...]      default: 5 minutes at 3e-4 6e-4 1e-3 2e-3
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+[ -x .venv/bin/python ] || { echo "no .venv here: run 'make install' first" >&2; exit 2; }
 MIN="${1:-5}"; shift || true
 LRS=("$@"); [ ${#LRS[@]} -eq 0 ] && LRS=(3e-4 6e-4 1e-3 2e-3)
 OUT="outputs/scaling/lr_${MIN}min"
@@ -24,4 +25,4 @@ done
 for ((i = 0; i < ${#LRS[@]}; i += 2)); do
   evaluate "${LRS[i]}" & [ $((i + 1)) -lt ${#LRS[@]} ] && evaluate "${LRS[i + 1]}" & wait
 done
-.venv/bin/python -m diffusion.evaluation.cost "${LRS[@]/#/$OUT/dit_d96_lr}" --json experiments/scaling/lr_sweep.json
+.venv/bin/python -m diffusion.evaluation.cost "${LRS[@]/#/$OUT/dit_d96_lr}" --json experiments/scaling/lr_sweep.json --chart experiments/scaling/lr_sweep.png

@@ -6,6 +6,7 @@
 # Runs go to outputs/scaling/<MINUTES>min/<RUN>; the round's table to experiments/scaling/results_<MINUTES>min.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+[ -x .venv/bin/python ] || { echo "no .venv here: run 'make install' first" >&2; exit 2; }
 MIN="${1:-2.5}"; shift || true
 RUNS=("$@"); [ ${#RUNS[@]} -eq 0 ] && RUNS=(unet_c16 dit_d48 unet_c24 dit_d96 unet_c32 dit_d144)
 DIT_LR="${DIT_LR:-2e-3}"
@@ -41,4 +42,5 @@ done
 for ((i = 0; i < ${#RUNS[@]}; i += 2)); do
   evaluate "${RUNS[i]}" & [ $((i + 1)) -lt ${#RUNS[@]} ] && evaluate "${RUNS[i + 1]}" & wait
 done
-.venv/bin/python -m diffusion.evaluation.cost "${RUNS[@]/#/$OUT/}" --json "experiments/scaling/results_${MIN}min.json"
+.venv/bin/python -m diffusion.evaluation.cost "${RUNS[@]/#/$OUT/}" --json "experiments/scaling/results_${MIN}min.json" \
+  --chart "experiments/scaling/cost_${MIN}min.png"
