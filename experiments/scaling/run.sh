@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
-# Three sizes each of UNet and DiT on toy-birds at equal CPU-minutes (one thread each, two runs at a time),
+# Sizes of UNet and DiT on toy-birds at equal CPU-minutes (one thread each, two runs at a time),
 # then 128-prompt evaluations and the cost/quality table of the round.
-#   experiments/scaling/run.sh MINUTES [RUN ...]     RUN: unet_c16 unet_c24 unet_c32 dit_d48 dit_d96 dit_d144 (default all)
-#   DIT_LR=1e-3 experiments/scaling/run.sh 10         the DiT's peak learning rate (default: the tuned one below)
-# Runs go to outputs/scaling/<MINUTES>min/<RUN>; the round's table to experiments/scaling/results_<MINUTES>min.json.
+#   experiments/scaling/run.sh MINUTES [RUN ...]     default RUNs: unet_c16 unet_c24 unet_c32 dit_d48 dit_d96 dit_d144
+#     RUN: unet_c<base channels> | dit_d<hidden size> | dit_d<hidden size>_lr<peak lr>  (e.g. dit_d96_lr1e-3)
+#   DIT_LR=1e-3 experiments/scaling/run.sh 10         the DiTs' peak learning rate where a RUN names none (default 2e-3)
+#   ROUND=lr_5min experiments/scaling/run.sh 5 ...    the round's name (default <MINUTES>min)
+# Runs go to outputs/scaling/<ROUND>/<RUN>; the round's table and chart to experiments/scaling/results_<ROUND>.json
+# and cost_<ROUND>.png.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -x .venv/bin/python ] || { echo "no .venv here: run 'make install' first" >&2; exit 2; }
 MIN="${1:-2.5}"; shift || true
 RUNS=("$@"); [ ${#RUNS[@]} -eq 0 ] && RUNS=(unet_c16 dit_d48 unet_c24 dit_d96 unet_c32 dit_d144)
 DIT_LR="${DIT_LR:-2e-3}"
-OUT="outputs/scaling/${MIN}min"
+ROUND="${ROUND:-${MIN}min}"
+OUT="outputs/scaling/$ROUND"
 overrides() {  # the model overrides of a run name
-  case $1 in
-    unet_c16) echo "model.base_channels=16" ;;
-    unet_c24) echo "model.base_channels=24" ;;
-    unet_c32) echo "model.base_channels=32" ;;
-    dit_d48)  echo "model=dit_tiny model.hidden_size=48 optim.lr=$DIT_LR" ;;
-    dit_d96)  echo "model=dit_tiny model.hidden_size=96 optim.lr=$DIT_LR" ;;
-    dit_d144) echo "model=dit_tiny model.hidden_size=144 optim.lr=$DIT_LR" ;;
-    *) echo "unknown run '$1': use unet_c16|unet_c24|unet_c32|dit_d48|dit_d96|dit_d144" >&2; exit 2 ;;
-  esac
+  if [[ $1 =~ ^unet_c([0-9]+)$ ]]; then
+    echo "model.base_channels=${BASH_REMATCH[1]}"
+  elif [[ $1 =~ ^dit_d([0-9]+)(_lr([0-9.]+(e-?[0-9]+)?))?$ ]]; then
+    echo "model=dit_tiny model.hidden_size=${BASH_REMATCH[1]} optim.lr=${BASH_REMATCH[3]:-$DIT_LR}"
+  else
+    echo "unknown run '$1': use unet_c<channels>, dit_d<width> or dit_d<width>_lr<rate> (e.g. unet_c16 dit_d96_lr1e-3)" >&2
+    exit 2
+  fi
 }
 train() {  # name: one thread, stops (annealed) after MIN minutes
   local name=$1
@@ -34,13 +37,13 @@ evaluate() {
   OMP_NUM_THREADS=1 .venv/bin/python -m diffusion.evaluation --ckpt "$OUT/$1/checkpoints/last.ckpt" --num 128 \
     --out "$OUT/$1/eval" > "$OUT/$1.eval.log" 2>&1
 }
-mkdir -p "$OUT"
 for name in "${RUNS[@]}"; do overrides "$name" > /dev/null; done
+mkdir -p "$OUT"
 for ((i = 0; i < ${#RUNS[@]}; i += 2)); do  # two at a time: one per core
   train "${RUNS[i]}" & [ $((i + 1)) -lt ${#RUNS[@]} ] && train "${RUNS[i + 1]}" & wait
 done
 for ((i = 0; i < ${#RUNS[@]}; i += 2)); do
   evaluate "${RUNS[i]}" & [ $((i + 1)) -lt ${#RUNS[@]} ] && evaluate "${RUNS[i + 1]}" & wait
 done
-.venv/bin/python -m diffusion.evaluation.cost "${RUNS[@]/#/$OUT/}" --json "experiments/scaling/results_${MIN}min.json" \
-  --chart "experiments/scaling/cost_${MIN}min.png"
+.venv/bin/python -m diffusion.evaluation.cost "${RUNS[@]/#/$OUT/}" --json "experiments/scaling/results_$ROUND.json" \
+  --chart "experiments/scaling/cost_$ROUND.png"
