@@ -46,7 +46,12 @@ def measure(side: str, model: str, batch: int, resolution: int, context_dim: int
     pair = Pair(model, net, net, context_dim)  # only this side is built; make_inputs needs the context width
     inputs = make_inputs(pair, batch, resolution, context_length=context_length, device=device,
                          memory_format=settings.torch_memory_format)
-    step = training_step(net, FORWARD[side], inputs, optimizer_for(net, device), settings)
+    return step_peak(training_step(net, FORWARD[side], inputs, optimizer_for(net, device), settings), device)
+
+
+def step_peak(step, device: torch.device) -> dict:
+    """Peak memory of one call of `step` (after a warm-up call), in this process: CUDA's allocator peak, or on
+    CPU the resident set's growth (meaningful only in a fresh process: see `run_fresh`)."""
     step()  # warm-up: AdamW state, one-time kernels and buffers
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -63,19 +68,26 @@ def measure(side: str, model: str, batch: int, resolution: int, context_dim: int
     return {"peak_bytes": peak - before, "process_peak_bytes": peak, "method": CPU_METHOD}
 
 
-def measure_in_subprocess(side: str, model: str, batch: int, settings, timeout: int = 900) -> dict:
-    """Run `measure` in a fresh interpreter (nothing else allocated there) and read its JSON line."""
-    command = [sys.executable, "-m", "benchmarks.memory", "--side", side, "--model", model, "--batch", str(batch),
-               "--resolution", str(settings.resolution), "--context-dim", str(settings.context_dim),
-               "--context-length", str(settings.context_length), "--device", str(settings.device),
-               "--precision", settings.precision, "--memory-format", settings.memory_format]
+def run_fresh(module: str, arguments: list[str], what: str, timeout: int = 900) -> dict:
+    """Run `python -m module arguments` in a fresh interpreter (nothing else allocated there, freed tensors
+    returned to the OS) and read the JSON line it prints last."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
+    done = subprocess.run([sys.executable, "-m", module, *arguments], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=root)
     if done.returncode != 0:
-        raise RuntimeError(f"memory measurement of {side}/{model} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"memory measurement of {what} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_in_subprocess(side: str, model: str, batch: int, settings, timeout: int = 900) -> dict:
+    """`measure` in a fresh interpreter."""
+    return run_fresh("benchmarks.memory", [
+        "--side", side, "--model", model, "--batch", str(batch), "--resolution", str(settings.resolution),
+        "--context-dim", str(settings.context_dim), "--context-length", str(settings.context_length),
+        "--device", str(settings.device), "--precision", settings.precision, "--memory-format", settings.memory_format,
+    ], f"{side}/{model}", timeout)
 
 
 def memory_row(model: str, settings) -> dict:

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from benchmarks.compare import SIDES, compared, count_flops, optimizer_for, training_step
+from benchmarks.memory import run_fresh, step_peak
 from benchmarks.settings import Settings
 from benchmarks.setups import prompt_mask
 from benchmarks.timing import Stopwatch, interleaved, median, spread
@@ -266,38 +265,18 @@ def rows(name: str, chosen: list[str], settings: Settings, log=print) -> list[di
 
 def measure(side: str, name: str, settings: Settings) -> dict:
     """Peak memory of one training step of one side, in this (fresh) process: see benchmarks/memory.py."""
-    from benchmarks.memory import CPU_METHOD, CUDA_METHOD, _status_kib
-
     torch.manual_seed(0)
     net = (build_ours if side == "ours" else build_reference)(name, settings).to(settings.device).train()
     inputs = make_inputs(name, settings.train_batch, settings)
-    step = training_step(net, FORWARD[side], inputs, optimizer_for(net, settings.device), settings)
-    step()  # warm-up: AdamW state, one-time buffers
-    if settings.device.type == "cuda":
-        torch.cuda.synchronize(settings.device)
-        torch.cuda.reset_peak_memory_stats(settings.device)
-        before = torch.cuda.memory_allocated(settings.device)
-        step()
-        torch.cuda.synchronize(settings.device)
-        peak = torch.cuda.max_memory_allocated(settings.device)
-        return {"peak_bytes": peak, "growth_bytes": peak - before, "method": CUDA_METHOD}
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _status_kib("VmRSS") * 1024
-    step()
-    peak = _status_kib("VmHWM") * 1024
-    return {"peak_bytes": peak - before, "process_peak_bytes": peak, "method": CPU_METHOD}
+    return step_peak(training_step(net, FORWARD[side], inputs, optimizer_for(net, settings.device), settings),
+                     settings.device)
 
 
 def measure_in_subprocess(side: str, name: str, settings: Settings, timeout: int = 900) -> dict:
-    command = [sys.executable, "-m", "benchmarks.transformers", "--side", side, "--model", name,
-               "--batch", str(settings.train_batch), "--device", str(settings.device), "--precision", settings.precision]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
-    if done.returncode != 0:
-        raise RuntimeError(f"memory measurement of {side}/{name} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """`measure` in a fresh interpreter."""
+    return run_fresh("benchmarks.transformers", [
+        "--side", side, "--model", name, "--batch", str(settings.train_batch), "--device", str(settings.device),
+        "--precision", settings.precision], f"{side}/{name}", timeout)
 
 
 def main(argv=None) -> None:
