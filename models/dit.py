@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import timestep_embedding
-from models.unet import cond_field
+from models.layers import FusedAttention, cond_field, timestep_embedding
 
 
 def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
@@ -49,35 +48,15 @@ def modulate(h, shift, scale):
     return torch.addcmul(shift[:, None], h, 1 + scale[:, None])
 
 
-class Attention(nn.Module):
-    """Multi-head attention; self-attention when `context` is None, else queries from h, keys/values from context."""
-
-    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
-        super().__init__()
-        self.heads = heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(context_dim or dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, h, context=None, context_mask=None):
-        batch, length, dim = h.shape
-        source = h if context is None else context
-        q = self.q(h).view(batch, length, self.heads, -1).transpose(1, 2)
-        k, v = self.kv(source).view(batch, source.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        mask = None if context_mask is None else context_mask[:, None, None, :].bool()
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
-
-
 class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, context_dim: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, heads)
+        self.attn = FusedAttention(dim, heads)
         self.cross = None
         if context_dim is not None:
             self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
-            self.cross = Attention(dim, heads, context_dim)
+            self.cross = FusedAttention(dim, heads, context_dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))

@@ -15,6 +15,15 @@ from einops import rearrange
 from torch import nn
 
 
+def cond_field(cond, name: str):
+    """Read an optional conditioning field from a dict, a dataclass, or None."""
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return cond.get(name)
+    return getattr(cond, name, None)
+
+
 def zero_init(module: nn.Module) -> nn.Module:
     """Zero a layer's parameters so that its residual branch starts as the identity (Ho et al. 2020's
     output layer; Rombach et al.'s proj_out)."""
@@ -132,6 +141,26 @@ def attention_probabilities(q, k, heads: int, key_mask=None) -> torch.Tensor:
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
     return scores.softmax(dim=-1).mean(dim=1).detach()
+
+
+class FusedAttention(nn.Module):
+    """Multi-head attention with biased q and fused k/v projections (the DiT's); self-attention when `context` is None, else queries from h, keys/values from context."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, h, context=None, context_mask=None):
+        batch, length, dim = h.shape
+        source = h if context is None else context
+        q = self.q(h).view(batch, length, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(source).view(batch, source.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        mask = None if context_mask is None else context_mask[:, None, None, :].bool()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
 class FeedForward(nn.Module):

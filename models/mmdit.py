@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers import cond_field
 from models.dit import check_patch_grid, condition_embedding, modulate, sincos_2d, unpatchify
-from models.unet import cond_field
 
 
 class Stream(nn.Module):

@@ -23,19 +23,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.layers import (Downsample, ResBlock, SelfAttention2d, SpatialTransformer, Upsample, group_norm,
+from models.layers import (Downsample, ResBlock, cond_field, SelfAttention2d, SpatialTransformer, Upsample, group_norm,
                            timestep_embedding, zero_init)
 
 WORD_POOLINGS = ("sum", "rms", "mean")
-
-
-def cond_field(cond, name: str):
-    """Read an optional conditioning field from a dict, a dataclass, or None."""
-    if cond is None:
-        return None
-    if isinstance(cond, dict):
-        return cond.get(name)
-    return getattr(cond, name, None)
 
 
 class UNet(nn.Module):

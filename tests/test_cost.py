@@ -12,7 +12,7 @@ from diffusion.evaluation.cost import main as cost_cli
 from diffusion.cost import EnergyMeter, FlopTally, RunCost, count_flops, rapl_counter
 from diffusion.training import checkpoint as ckpt
 from diffusion.training import train
-from models.dit import Attention
+from models.layers import FusedAttention as Attention
 from tiny import tiny_train_cfg
 
 
