@@ -23,7 +23,7 @@ test-slow: $(STAMP)
 
 # Train the default model on the built-in toy-birds data, then sample a few prompts from it.
 demo: $(STAMP)
-	$(PY) -m diffusion.demo
+	$(PY) -m diffusion.tools.demo
 
 clean-venv:
 	rm -rf $(VENV)

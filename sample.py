@@ -13,7 +13,7 @@ from diffusion.cli import report_user_errors, run_user_command
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 @report_user_errors
 def main(cfg) -> None:
-    from diffusion.pipeline import generate
+    from diffusion.sampling import generate
 
     generate(cfg)
 

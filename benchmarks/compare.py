@@ -18,8 +18,8 @@ from benchmarks.timing import Stopwatch, interleaved, median, peak_flops, spread
 from diffusion.conditioning import Cond
 from diffusion.guidance import classifier_free_guidance
 from diffusion.sampling import sample_loop
-from diffusion.schedulers import DDIMScheduler
-from diffusion.schedules import NoiseSchedule
+from diffusion.samplers import DDIMScheduler
+from diffusion.noise_schedules import NoiseSchedule
 from diffusion.training.optim import make_optimizer
 from diffusion.training.runtime import autocast
 
@@ -90,7 +90,7 @@ def sampling_inputs(pair: Pair, settings: Settings, in_channels: int = 3) -> tup
 
 def ours_sampler(unet, cond: Inputs, uncond: Inputs | None, settings: Settings):
     """Our sample_loop + DDIMScheduler + classifier_free_guidance (one batched forward of [uncond; cond])."""
-    scheduler = DDIMScheduler(NoiseSchedule.from_name("linear"), prediction_type="epsilon", timestep_spacing="leading")
+    scheduler = DDIMSampler(NoiseSchedule.from_name("linear"), prediction_type="epsilon", timestep_spacing="leading")
     timesteps = scheduler.timesteps(settings.sample_steps)
 
     def run(network=unet):

@@ -52,10 +52,30 @@ def one_line(error: BaseException) -> str:
     if lines and lines[0].startswith("Could not override"):
         key = re.search(r"'([^']+)'", lines[0])
         name = key.group(1) if key else "?"
+        moved = moved_key_hint(name)
+        if moved:
+            return moved
         return (f"unknown config key '{name}' (see the keys with --cfg job; add a new key with +{name}=...)")
     if cause is not None and str(cause).strip():
         return f"{lines[0] if lines else type(error).__name__} ({str(cause).strip().splitlines()[0]})"
     return " ".join(lines)[:400] or type(error).__name__
+
+
+# keys that became the `objective` config group (python train.py objective=flow objective.shift=3)
+MOVED_TO_OBJECTIVE = ("diffusion.prediction_type", "diffusion.loss_weighting", "diffusion.min_snr_gamma")
+
+
+def moved_key_hint(name: str) -> str | None:
+    """The one line for a key of the old `diffusion.*` objective settings, which now live in the objective group."""
+    if name == "diffusion.objective":
+        return "diffusion.objective is now the config group `objective`: use objective=ddpm | flow | edm"
+    if name in MOVED_TO_OBJECTIVE:
+        return f"{name} moved to the objective group: use objective.{name.split('.', 1)[1]}=..."
+    for old in ("diffusion.flow.", "diffusion.edm."):
+        if name.startswith(old):
+            return (f"{name} moved to the objective group: use objective={old.split('.')[1]} "
+                    f"objective.{name[len(old):]}=...")
+    return None
 
 
 def check_overrides(config_name: str, overrides: list[str]) -> None:

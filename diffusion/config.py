@@ -8,10 +8,12 @@ classes, never call an arbitrary function.
 
 from __future__ import annotations
 
+import inspect
+
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.errors import UserError
+from diffusion.errors import UserError, check_choice
 
 # Every class a config may name. A checkpoint is data: anything else is refused before it is imported.
 ALLOWED_TARGETS = frozenset({
@@ -22,20 +24,34 @@ ALLOWED_TARGETS = frozenset({
     "models.minilm.MiniLMEncoder",
     "models.vae.AutoencoderKL",
     "models.critic.PatchCritic",
-    "diffusion.schedulers.DDIMScheduler",
-    "diffusion.schedulers.DDPMScheduler",
-    "diffusion.schedulers.ddim.DDIMScheduler",
-    "diffusion.schedulers.ddpm.DDPMScheduler",
-    "diffusion.schedulers.EulerSolver",
-    "diffusion.schedulers.HeunSolver",
-    "diffusion.schedulers.DPMSolverPlusPlus2M",
-    "diffusion.schedulers.FlowEulerSampler",
-    "diffusion.schedulers.FlowHeunSampler",
+    "diffusion.objectives.DDPMObjective",
+    "diffusion.objectives.FlowObjective",
+    "diffusion.objectives.EDMObjective",
+    "diffusion.samplers.DDIMSampler",
+    "diffusion.samplers.DDPMSampler",
+    "diffusion.samplers.EulerSampler",
+    "diffusion.samplers.HeunSampler",
+    "diffusion.samplers.DPMPP2MSampler",
+    "diffusion.samplers.FlowEulerSampler",
+    "diffusion.samplers.FlowHeunSampler",
     "diffusion.data.toybirds.ToyBirds",
     "diffusion.data.birds.CUBBirds",
     "diffusion.data.imagefolder.ImageFolder",
     "diffusion.data.torchvision_sets.TorchvisionDataset",
 })
+
+# What checkpoints written before the redesign name (diffusion.schedulers.*): read as today's classes.
+RENAMED_TARGETS = {
+    "diffusion.schedulers.DDIMScheduler": "diffusion.samplers.DDIMSampler",
+    "diffusion.schedulers.ddim.DDIMScheduler": "diffusion.samplers.DDIMSampler",
+    "diffusion.schedulers.DDPMScheduler": "diffusion.samplers.DDPMSampler",
+    "diffusion.schedulers.ddpm.DDPMScheduler": "diffusion.samplers.DDPMSampler",
+    "diffusion.schedulers.EulerSolver": "diffusion.samplers.EulerSampler",
+    "diffusion.schedulers.HeunSolver": "diffusion.samplers.HeunSampler",
+    "diffusion.schedulers.DPMSolverPlusPlus2M": "diffusion.samplers.DPMPP2MSampler",
+    "diffusion.schedulers.FlowEulerSampler": "diffusion.samplers.FlowEulerSampler",
+    "diffusion.schedulers.FlowHeunSampler": "diffusion.samplers.FlowHeunSampler",
+}
 
 
 def check_targets(node, where: str = "config") -> None:
@@ -43,7 +59,7 @@ def check_targets(node, where: str = "config") -> None:
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=False)
     if isinstance(node, dict):
-        target = node.get("_target_")
+        target = RENAMED_TARGETS.get(node.get("_target_"), node.get("_target_"))
         if target is not None and target not in ALLOWED_TARGETS:
             raise UserError(f"{where} names _target_ {target!r}, which is not one of this project's classes; refusing to build it")
         for key, value in node.items():
@@ -58,6 +74,7 @@ def build(node, exclude: tuple = (), where: str = "config", **fill):
     constructor arguments, `fill` supplies the values that follow from the data."""
     container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     check_targets(container, where)
+    container = renamed(container)
     for key in exclude:
         container.pop(key, None)
     # objects in `fill` are passed to the constructor as they are (instantiate would turn a dataclass
@@ -71,27 +88,86 @@ def build(node, exclude: tuple = (), where: str = "config", **fill):
         raise UserError(f"{where}: {error}") from None
 
 
-def build_scheduler(sampler_cfg, schedule, prediction_type: str, bounded: bool = True, objective=None):
-    """A sampler from its config node; `steps` and `eta` are the loop's, not the scheduler's.
+def renamed(node):
+    """`node` with every renamed `_target_` (RENAMED_TARGETS) replaced by today's name, at any depth."""
+    if isinstance(node, dict):
+        node = {key: renamed(value) for key, value in node.items()}
+        if node.get("_target_") in RENAMED_TARGETS:
+            node["_target_"] = RENAMED_TARGETS[node["_target_"]]
+    elif isinstance(node, list):
+        node = [renamed(value) for value in node]
+    return node
+
+
+def target_class(node, where: str = "config"):
+    """The class a config node's `_target_` names, after the same check as `build` (for class-level
+    helpers such as a text encoder's vocabulary builder, without importing a network by name)."""
+    from hydra.utils import get_class
+
+    container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    check_targets(container, where)
+    return get_class(renamed(container)["_target_"])
+
+
+def stored_config(payload: dict, path) -> DictConfig:
+    """The training config a checkpoint stores, checked: it may only name this project's classes."""
+    try:
+        config = OmegaConf.create(payload["config"])
+    except Exception:
+        raise UserError(f"{path}: the config stored in the checkpoint cannot be read") from None
+    check_targets(config, where=f"{path} config")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- objective and sampler
+
+
+def objective_node(cfg) -> dict:
+    """The `objective` config node (the config group), or, for a config written before the objective was a
+    group (a checkpoint's stored config), the same node rebuilt from its `diffusion.objective` string."""
+    node = cfg.get("objective")
+    if node is not None and not isinstance(node, str):
+        return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    d = cfg.diffusion
+    name = node or d.get("objective", "ddpm")
+    check_choice("objective", name, ("ddpm", "flow", "edm"))
+    if name == "ddpm":
+        return {"_target_": "diffusion.objectives.DDPMObjective", "prediction_type": d.get("prediction_type", "epsilon"),
+                "loss_weighting": d.get("loss_weighting", "uniform"), "min_snr_gamma": d.get("min_snr_gamma", 5.0)}
+    options = OmegaConf.to_container(d[name], resolve=True) if d.get(name) is not None else {}
+    return {"_target_": f"diffusion.objectives.{'FlowObjective' if name == 'flow' else 'EDMObjective'}", **options}
+
+
+def objective_for(cfg):
+    """The objective a training config (or a checkpoint's stored config) names; a DDPM objective is built on
+    the config's `schedule`."""
+    from diffusion.noise_schedules import NoiseSchedule
+
+    node = objective_node(cfg)
+    fill = {"schedule": NoiseSchedule.from_name(**cfg.schedule)} if target_class(node, "objective").needs_schedule else {}
+    return build(node, exclude=("sampler",), where="objective", **fill)
+
+
+def build_sampler(sampler_cfg, objective, bounded: bool = True, eta=None):
+    """A sampler from its config node on `objective`; `steps` is the loop's, not the sampler's.
     `bounded=False` (latent space: no [-1, 1] range) turns `clip_sample` off whatever the config says.
-    `objective` (default: DDPM with `prediction_type` on `schedule`) tells the solver what the network's
-    output means; a sampler of a family the objective does not fit is refused in one line."""
-    from diffusion.objectives import DDPMObjective
-    from diffusion.schedulers import SAMPLER_FAMILIES
+    `eta` (sample.py's key) overrides the config's, for the samplers that have one (ddim). A sampler whose
+    family the objective does not accept is refused in one line."""
+    from diffusion.samplers import samplers_fitting
 
-    if objective is None:
-        objective = DDPMObjective(schedule, prediction_type)
-    extra = {} if bounded or "clip_sample" not in sampler_cfg else {"clip_sample": False}
-    scheduler = build(sampler_cfg, exclude=("steps", "eta"), where="sampler", schedule=schedule,
-                      prediction_type=prediction_type, objective=objective, **extra)
-    if scheduler.family not in objective.sampler_families:
-        fitting = [name for family in objective.sampler_families for name in SAMPLER_FAMILIES[family]]
-        raise UserError(f"sampler {sampler_name(scheduler)} does not fit this model's objective "
-                        f"({objective.name}); use sampler={' | '.join(fitting)}")
-    return scheduler
-
-
-def sampler_name(scheduler) -> str:
-    """The name a user types for a built sampler (sampler=<name>)."""
-    return getattr(scheduler, "name", None) or {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm"}.get(
-        type(scheduler).__name__, type(scheduler).__name__)
+    node = OmegaConf.to_container(sampler_cfg, resolve=True) if isinstance(sampler_cfg, DictConfig) else dict(sampler_cfg)
+    sampler_class = target_class(node, "sampler")
+    if sampler_class.family not in objective.sampler_families:
+        raise UserError(f"sampler {sampler_class.name} does not fit this model's objective ({objective.name}); "
+                        f"use sampler={' | '.join(samplers_fitting(objective))}")
+    if "eta" in node and "eta" not in inspect.signature(sampler_class).parameters:
+        if node.pop("eta"):  # configs written before the redesign carry `eta: null` for ddpm
+            raise UserError(f"sampler.eta applies to ddim only; {sampler_class.name} has no eta")
+    if not bounded and "clip_sample" in node:
+        node["clip_sample"] = False
+    if eta is not None:
+        if "eta" in node:
+            node["eta"] = eta
+        elif eta != 0:
+            raise UserError(f"eta={eta} applies to ddim only; {sampler_class.name} has no eta (use sampler=ddim, or eta=0)")
+    return build(node, exclude=("steps",), where="sampler", objective=objective)

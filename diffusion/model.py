@@ -1,4 +1,9 @@
-"""The trainable whole: UNet + text encoder, called as `model(x_t, t, cond)`.
+"""The trainable whole (denoiser network + text encoder, called as `model(x_t, t, cond)`) and the public
+loader `load_model`, which rebuilds a trained one from its checkpoint alone.
+
+    from diffusion import load_model
+    loaded = load_model("outputs/.../checkpoints/last.ckpt")   # LoadedModel
+    loaded.network                                              # the hand-written nn.Module: network(x_t, t, cond)
 
 `diffusion/` never imports a concrete network class: they are built from config through
 `diffusion.config.build`, which only builds this project's own classes.
@@ -6,23 +11,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from diffusion.conditioning import Cond
-from diffusion.config import build
+from diffusion.config import build, build_sampler, objective_for, stored_config, target_class
 from diffusion.errors import UserError
 
+
 class DiffusionModel(nn.Module):
-    """UNet + optional text encoder, called as `model(x_t, t, cond)`; `encode` turns prompts into a `Cond`.
+    """Denoiser network (UNet, DiT, MMDiT) + optional text encoder, called as `model(x_t, t, cond)`; `encode` turns prompts into a `Cond`.
 
     A frozen pretrained text encoder is held outside the module tree, so it is not trained, not
     averaged by EMA and not written into checkpoints (its weights ship with its package).
     """
 
-    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None = None, num_classes: int | None = None):
+    def __init__(self, denoiser: nn.Module, text_encoder: nn.Module | None = None, num_classes: int | None = None):
         super().__init__()
-        self.unet = unet
+        self.denoiser = denoiser
         self.num_classes = num_classes  # class-conditional when set; label `num_classes` means "no class"
         if text_encoder is None or getattr(text_encoder, "trainable", True):
             self.text_encoder = text_encoder
@@ -52,7 +62,7 @@ class DiffusionModel(nn.Module):
                 raise UserError("this model is text-conditional: give a prompt")
             encoding = self.text.encode(list(prompts), device=device)
             cond.context, cond.context_mask, cond.pooled = encoding.states, encoding.mask, encoding.pooled
-            if getattr(self.unet, "word_embed", None) is not None:
+            if getattr(self.denoiser, "word_embed", None) is not None:
                 cond.token_ids = encoding.ids
         if self.num_classes is not None:
             n = len(prompts) if prompts is not None else len(class_labels)
@@ -69,18 +79,21 @@ class DiffusionModel(nn.Module):
         encoder runs inside this forward call and DistributedDataParallel sees its gradients too."""
         if cond is None and (prompts is not None or class_labels is not None):
             cond = self.encode(prompts, class_labels, device=x_t.device)
-        return self.unet(x_t, t, cond)
+        return self.denoiser(x_t, t, cond)
 
 
 # ---------------------------------------------------------------------------------------------- building
 
 
 def text_needs_vocabulary(text_cfg) -> bool:
-    return text_cfg is not None and text_cfg.get("_target_") == "models.text_encoder.TextEncoder"
+    """Whether the configured text encoder learns its own vocabulary from the captions (the scratch one)."""
+    if text_cfg is None or not text_cfg.get("_target_"):
+        return False
+    return hasattr(target_class(text_cfg, "text"), "vocabulary_from_captions")
 
 
 def build_diffusion_model(cfg, data_info: dict, vocabulary: list[str] | None) -> DiffusionModel:
-    """UNet (+ text encoder) from the `model`, `text` and `diffusion` config nodes; the values that follow
+    """Denoiser (+ text encoder) from the `model`, `text` and `diffusion` config nodes; the values that follow
     from the data (channels, classes, vocabulary, context width) are filled in here, not in YAML."""
     text = None
     if cfg.text is not None and cfg.text.get("_target_"):
@@ -91,12 +104,71 @@ def build_diffusion_model(cfg, data_info: dict, vocabulary: list[str] | None) ->
         raise UserError("diffusion.class_conditional=true needs a dataset with class labels (e.g. dataset=cifar10)")
     width = text.output_dim if text is not None else None
     channels = data_info["shape"][0]  # 3 for pixels, the autoencoder's latent channels for latents
-    unet = build(cfg.model, where="model", in_channels=channels, out_channels=channels,
+    denoiser = build(cfg.model, where="model", in_channels=channels, out_channels=channels,
                  context_dim=width, pooled_dim=width if cfg.diffusion.get("pooled_text", True) else None,
                  num_classes=num_classes + 1 if num_classes else None,
                  **({"vocab_size": text.vocab_size} if text is not None and cfg.diffusion.get("word_embedding") else {}))  # + 1: the "no class" label for guidance
-    return DiffusionModel(unet, text, num_classes)
+    return DiffusionModel(denoiser, text, num_classes)
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedModel:
+    """A trained model rebuilt from its checkpoint: what `sample.py`, the evaluation and notebooks use."""
+
+    model: DiffusionModel  # network + text encoder, eval mode
+    config: DictConfig  # the training config stored in the checkpoint
+    payload: dict
+    space: object  # PixelSpace or LatentSpace: where the model denoises, and how to decode
+    path: Path
+
+    @property
+    def network(self) -> nn.Module:
+        """The hand-written denoiser network, called `network(x_t, t, cond)`."""
+        return self.model.denoiser
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the network denoises: the image, or its latent."""
+        return tuple(self.payload["data"]["shape"])
+
+    @property
+    def objective(self):
+        """The objective the checkpoint was trained with (checkpoints from before objectives: ddpm)."""
+        return objective_for(self.config)
+
+    def sampler(self, sampler_cfg=None, eta=None):
+        """The checkpoint's own sampler, or `sampler_cfg` (e.g. from `sample.py sampler=ddpm`)."""
+        return build_sampler(sampler_cfg or self.config.sampler, self.objective, bounded=self.space.bounded, eta=eta)
+
+
+def legacy_keys(state_dict: dict) -> dict:
+    """Weights saved before the denoiser was called `denoiser` (`unet.*`), under today's names."""
+    return {("denoiser." + key[5:] if key.startswith("unet.") else key): value for key, value in state_dict.items()}
+
+
+def load_model(path, device="cpu", use_ema: bool = True, vae_ckpt=None) -> LoadedModel:
+    """Open a diffusion checkpoint of this project (`train.py`'s last.ckpt) on `device`, with its EMA weights
+    unless `use_ema=False`; `vae_ckpt` says where a latent model's autoencoder lies now, if it moved."""
+    from diffusion.checkpoint import load_checkpoint
+    from diffusion.device import resolve_device
+    from diffusion.spaces import space_for_sampling
+
+    device = resolve_device(device) if isinstance(device, str) else device
+    payload = load_checkpoint(path, kind="diffusion")
+    config = stored_config(payload, path)
+    vocabulary = payload["tokenizer"]["vocabulary"] if payload.get("tokenizer") else None
+    model = build_diffusion_model(config, payload["data"], vocabulary)
+    try:
+        model.load_state_dict(legacy_keys(payload["ema" if use_ema else "model"]))
+    except RuntimeError as error:
+        raise UserError(f"{path}: weights do not match the stored config ({str(error).splitlines()[0][:120]})") from None
+    model = model.to(device).eval()
+    space = space_for_sampling(payload, device, vae_ckpt)
+    return LoadedModel(model, config, payload, space, Path(path))

@@ -1,65 +1,136 @@
-"""The sampling loop: start from noise (or a noised init image), step a scheduler down its timesteps.
+"""`generate(cfg)`: what `sample.py` runs — the command layer over diffusion/pipeline.py: read the
+checkpoint, prompts, init image and mask, check every value, draw in batches, write PNGs and a grid.
 
-Randomness is per image: image i draws its start noise and every step's noise from its own
-generator, so an image depends on its seed only, never on which batch it was drawn in.
+    python sample.py ckpt=outputs/.../checkpoints/last.ckpt prompt="a small red bird, facing left" num_images=8
+    python sample.py ckpt=... prompt="a blue duck on water" init_image=photo.png strength=0.6
+    python sample.py ckpt=... prompt="a red bird" init_image=photo.png mask=mask.png      (white = repaint)
+    python sample.py ckpt=... prompt="a red bird" sampler=dpmpp_2m sampler.sigmas=karras steps=10
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
-from diffusion.guidance import Denoiser
-from diffusion.schedulers import Scheduler
-
-
-@dataclass
-class StepInfo:
-    """What a callback sees after each step (for opening up the trajectory)."""
-
-    index: int  # 0-based step number
-    t: int
-    t_prev: int
-    x_t: torch.Tensor  # the sample the step started from
-    model_output: torch.Tensor
-    pred_x0: torch.Tensor
-    pred_eps: torch.Tensor
-    prev_sample: torch.Tensor  # x_{t_prev}
+from diffusion.cost import EnergyMeter, FlopTally, check_power_watts, energy_words, si
+from diffusion.data.images import image_grid, save_png, to_pil
+from diffusion.errors import UserError
+from diffusion.pipeline import check_mask_size, generate_images, load_init_image, load_mask
 
 
-def per_image_normal(generators: list[torch.Generator], shape, device, dtype=torch.float32) -> torch.Tensor:
-    """One standard normal draw of `shape` per generator, stacked: [len(generators), *shape]."""
-    return torch.stack([torch.randn(shape, generator=g, dtype=dtype) for g in generators]).to(device)
+def cost_line(costs: list[dict]) -> str:
+    """The mean cost of one image, in words."""
+    n = len(costs)
+    flops, seconds, joules = (sum(c[key] for c in costs) / n for key in ("flops", "seconds", "energy_j"))
+    return (f"cost per image: {si(flops, 'FLOP')} ({costs[0]['network_calls']} network calls), {seconds:.3g} s, "
+            f"{energy_words(joules)} {costs[0]['energy_source']}")
 
 
-@torch.no_grad()
-def sample_loop(
-    denoise: Denoiser,  # (x_t, t) -> model output (guidance already applied)
-    scheduler: Scheduler,
-    timesteps: list[int],  # descending; the loop steps to each next one and finally to x0 (-1)
-    x: torch.Tensor,  # [B, C, H, W] the start: noise, or the noised init image
-    generators: list[torch.Generator],  # one per image, for the steps' noise
-    eta: float = 0.0,
-    callback: Callable[[StepInfo], None] | None = None,
-    progress: bool = False,
-    inpaint: Callable[[torch.Tensor, int], torch.Tensor] | None = None,  # re-imposes the known region at t_prev
-) -> torch.Tensor:
-    previous = scheduler.previous_timesteps(timesteps)
-    stochastic = scheduler.is_stochastic(eta)
-    steps = zip(timesteps, previous)
-    if progress:
-        from tqdm.auto import tqdm
+def read_prompts(cfg) -> list[str]:
+    """`prompt` (a string or a list) and/or `prompts_file` (one prompt per line)."""
+    prompts = []
+    if cfg.get("prompts_file"):
+        path = Path(cfg.prompts_file)
+        if not path.is_file():
+            raise UserError(f"prompts_file not found: {path}")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if cfg.prompt is not None:
+        prompts += [str(p) for p in cfg.prompt] if OmegaConf.is_list(cfg.prompt) else [str(cfg.prompt)]
+    return prompts
 
-        steps = tqdm(list(steps), desc="sampling", unit="step", leave=False)
-    for index, (t, t_prev) in enumerate(steps):
-        model_output = denoise(x, t).float()
-        noise = per_image_normal(generators, x.shape[1:], x.device) if stochastic else None
-        out = scheduler.step(model_output, t, t_prev, x.float(), eta=eta, noise=noise)
-        if callback is not None:
-            callback(StepInfo(index, t, t_prev, x, model_output, out.pred_x0, out.pred_eps, out.prev_sample))
-        x = out.prev_sample
-        if inpaint is not None:
-            x = inpaint(x, t_prev)
-    return x
+
+def check_sampling_values(cfg) -> None:
+    checks = [
+        ("num_images", cfg.num_images, isinstance(cfg.num_images, int) and cfg.num_images >= 1, "an integer >= 1"),
+        ("batch_size", cfg.batch_size, isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, "an integer >= 1"),
+        ("seed", cfg.seed, isinstance(cfg.seed, int) and cfg.seed >= 0, "an integer >= 0"),
+        ("guidance_scale", cfg.guidance_scale, isinstance(cfg.guidance_scale, (int, float)) and 0 <= cfg.guidance_scale <= 100,
+         "a number in [0, 100] (1 = no guidance, 3-7 typical)"),
+        ("eta", cfg.eta, cfg.eta is None or (isinstance(cfg.eta, (int, float)) and 0 <= cfg.eta <= 1), "a number in [0, 1]"),
+        ("strength", cfg.strength, cfg.strength is None or (isinstance(cfg.strength, (int, float)) and 0 < cfg.strength <= 1),
+         "a number in (0, 1]"),
+    ]
+    for name, value, ok, allowed in checks:
+        if not ok:
+            raise UserError(f"{name}={value!r} is out of range: use {allowed}")
+    check_power_watts(cfg)
+
+
+def generate(cfg) -> list[Path]:
+    """sample.py: load the checkpoint, draw every prompt `num_images` times, write PNGs and a grid."""
+    from diffusion.device import resolve_device
+    from diffusion.model import load_model
+
+    if not cfg.get("ckpt"):
+        raise UserError("give a checkpoint: python sample.py ckpt=outputs/<date>/<time>/checkpoints/last.ckpt prompt=\"...\"")
+    check_sampling_values(cfg)
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.out_dir)
+    loaded = load_model(cfg.ckpt, device, use_ema=cfg.use_ema, vae_ckpt=cfg.get("vae_ckpt"))
+    model, train_cfg = loaded.model, loaded.config
+    sampler_cfg = cfg.sampler if cfg.get("sampler") else train_cfg.sampler
+    sampler = loaded.sampler(sampler_cfg, eta=None if cfg.eta is None else float(cfg.eta))
+    steps = cfg.steps if cfg.steps is not None else sampler_cfg.steps
+    sampler.levels(steps)  # validates steps before any work
+    steps = int(steps)
+
+    prompts = read_prompts(cfg)
+    if not prompts:
+        if model.is_text_conditional:
+            raise UserError('give a prompt: prompt="a small red bird with blue wings"')
+        prompts = [""]
+    shape = tuple(loaded.payload["data"]["shape"])
+    resolution = int(loaded.payload["data"]["resolution"])
+    init, mask = None, None
+    if cfg.get("mask") and not cfg.init_image:
+        raise UserError("a mask needs the image it masks: give init_image=<picture> with mask=<mask>")
+    if cfg.init_image:
+        init = loaded.space.encode(load_init_image(cfg.init_image, resolution)[None].to(device))[0]
+    if cfg.get("mask"):
+        if not Path(cfg.mask).is_file():
+            raise UserError(f"mask not found: {cfg.mask}")
+        mask = load_mask(cfg.mask, resolution, loaded.space)
+        check_mask_size(cfg.mask, cfg.init_image)
+    strength = float(cfg.strength if cfg.strength is not None else (1.0 if mask is not None else 0.6))
+
+    jobs = [(p, cfg.seed + i) for i, p in enumerate(q for q in prompts for _ in range(cfg.num_images))]
+    names = [out_dir / f"{i:04d}_seed{seed}.png" for i, (_, seed) in enumerate(jobs)]
+    clashes = [p for p in names + [out_dir / "grid.png"] if p.exists()]
+    if clashes:
+        raise UserError(f"{clashes[0]} already exists; choose another out_dir (nothing was overwritten)")
+    labels = [int(cfg.class_label)] * len(jobs) if cfg.get("class_label") is not None else None
+
+    images, costs = [], []  # costs: one per image, its share of its batch's FLOPs, seconds and energy
+    meter = EnergyMeter(device, cfg.get("cost", {}).get("power_watts"))
+    for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="sampling", unit="batch", disable=len(jobs) <= cfg.batch_size):
+        batch = jobs[start: start + cfg.batch_size]
+        tally = FlopTally()
+        meter.start()
+        images.append(generate_images(
+            model, sampler, [p for p, _ in batch], [s for _, s in batch], shape=shape, steps=steps,
+            guidance_scale=float(cfg.guidance_scale), negative_prompt=cfg.negative_prompt or "",
+            class_labels=None if labels is None else labels[start: start + cfg.batch_size],
+            init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device, tally=tally).cpu())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        costs += [{"flops": tally.total / len(batch), "seconds": round(meter.seconds() / len(batch), 4),
+                   "energy_j": round(meter.joules() / len(batch), 4), "energy_source": meter.source,
+                   "network_calls": tally.calls.get("denoise", 0)}] * len(batch)
+    images = torch.cat(images)
+
+    common = {"ckpt": str(cfg.ckpt), "ckpt_step": int(loaded.payload["step"]), "use_ema": bool(cfg.use_ema),
+              "sampler": sampler.name, "sampler_config": repr(sampler), "steps": steps, "eta": getattr(sampler, "eta", None),
+              "guidance_scale": float(cfg.guidance_scale), "negative_prompt": cfg.negative_prompt or "",
+              "init_image": str(cfg.init_image) if cfg.init_image else None,
+              "strength": strength if cfg.init_image else None, "mask": str(cfg.mask) if cfg.get("mask") else None,
+              "class_label": cfg.get("class_label")}
+    for (prompt, seed), image, path, cost in zip(jobs, images, names, costs):
+        save_png(to_pil(image), path, {"prompt": prompt, "seed": seed, **common, "cost": cost})
+    save_png(image_grid(images, columns=cfg.num_images if len(prompts) > 1 else None), out_dir / "grid.png",
+             {"prompts": prompts, **common})
+    print(f"wrote {len(names)} images and grid.png to {out_dir}")
+    print(cost_line(costs))
+    return names

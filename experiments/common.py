@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from diffusion.data.toybirds import ATTRIBUTES  # noqa: E402
-from diffusion.workbench import TINY, load_model, train_model  # noqa: E402
+from diffusion.tools.workbench import TINY, load_model, train_model  # noqa: E402
 
 DEFAULT_STEPS = 2200  # conf/trainer/default.yaml's max_steps: the default model
 SMOKE_STEPS = 30
@@ -55,7 +55,7 @@ class Context:
     """Parsed arguments plus the things every script needs: folders, device, probe, feature extractor."""
 
     def __init__(self, name: str, args):
-        from diffusion.training.runtime import resolve_device
+        from diffusion.device import resolve_device
 
         self.name, self.args, self.smoke = name, args, args.smoke
         self.out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix=f"{name}-smoke-")) if args.smoke
@@ -188,7 +188,7 @@ def write_report(ctx: Context, title: str, question: str, method: str, table: st
 
 def save_rows(ctx: Context, rows: list[torch.Tensor], name: str, columns: int) -> str:
     """Stack image rows into one PNG grid in --out (enlarged 3x); returns its file name."""
-    from diffusion.inspection import save_grid
+    from diffusion.tools.inspection import save_grid
 
     save_grid(torch.cat(rows), ctx.out / name, columns=columns, scale=3)
     return name

@@ -123,7 +123,7 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_out = nn.Linear(dim, dim)
-        self.record_maps = False  # set by `diffusion.inspection` to keep the attention probabilities
+        self.record_maps = False  # set by `diffusion.tools.inspection` to keep the attention probabilities
         self.last_maps = None
 
     def forward(self, x, context=None, context_mask=None):

@@ -108,6 +108,11 @@ class TextEncoder(nn.Module):
 
     trainable = True  # trained with the UNet and stored in checkpoints (unlike a frozen pretrained encoder)
 
+    @staticmethod
+    def vocabulary_from_captions(captions, min_count: int = 1) -> list[str]:
+        """The vocabulary this encoder learns from: every word seen at least `min_count` times in the captions."""
+        return Tokenizer.from_captions(captions, min_count).vocabulary
+
     def __init__(
         self,
         vocabulary: list[str],  # filled in by code: built from the training captions, or read from a checkpoint

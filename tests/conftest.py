@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """One tiny toy-birds model (16 px, seconds to train), shared by the evaluation, inspection and notebook tests."""
-    from diffusion.workbench import TINY, train_model
+    from diffusion.tools.workbench import TINY, train_model
 
     return train_model(tmp_path_factory.mktemp("tiny_model"), *TINY, steps=30)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from diffusion.training import checkpoint as ckpt
+from diffusion import checkpoint as ckpt
 from diffusion.training import train
 from tiny import TINY_TRAIN, run_script, tiny_train_cfg
 

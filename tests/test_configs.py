@@ -8,8 +8,8 @@ import torch
 
 from diffusion.config import build, build_scheduler
 from diffusion.model import build_diffusion_model
-from diffusion.schedules import NoiseSchedule
-from diffusion.training import checkpoint as ckpt
+from diffusion.noise_schedules import NoiseSchedule
+from diffusion import checkpoint as ckpt
 from diffusion.training.data import build_dataset, data_info
 from fixtures import make_cifar10, make_cub, make_image_folder, make_mnist
 from tiny import CONF, run_script, tiny_train_cfg

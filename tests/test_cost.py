@@ -10,7 +10,7 @@ from torch import nn
 
 from diffusion.evaluation.cost import main as cost_cli
 from diffusion.cost import EnergyMeter, FlopTally, RunCost, count_flops, rapl_counter
-from diffusion.training import checkpoint as ckpt
+from diffusion import checkpoint as ckpt
 from diffusion.training import train
 from models.layers import FusedAttention as Attention
 from tiny import tiny_train_cfg
@@ -115,7 +115,7 @@ def test_training_flops_are_about_three_forwards(tmp_path):
     step of a UNet without a text encoder lands near 3x one forward pass."""
     from diffusion.model import build_diffusion_model
     from diffusion.objectives import objective_for
-    from diffusion.schedules import NoiseSchedule
+    from diffusion.noise_schedules import NoiseSchedule
     from diffusion.training.loop import training_flops_per_image
 
     cfg = tiny_train_cfg(tmp_path, "text=none")
@@ -126,7 +126,7 @@ def test_training_flops_are_about_three_forwards(tmp_path):
     train_flops = training_flops_per_image(model, objective, cfg, dataset, info, torch.device("cpu"),
                                            torch.contiguous_format)
     x = torch.zeros(2, 3, 16, 16)
-    forward, _ = count_flops(lambda: model.unet(x, torch.zeros(2), None))
+    forward, _ = count_flops(lambda: model.denoiser(x, torch.zeros(2), None))
     assert 2.5 < train_flops / (forward / 2) < 3.2
     assert all(p.grad is None for p in model.parameters())  # the count leaves no gradients behind
 

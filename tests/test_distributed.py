@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from diffusion.training import checkpoint as ckpt
+from diffusion import checkpoint as ckpt
 from tiny import ROOT, TINY_TRAIN
 
 

@@ -241,9 +241,9 @@ def test_the_training_loop_reads_the_loss_only_at_log_steps(tmp_path, monkeypatc
 def test_no_host_device_sync_inside_a_training_step(tmp_path):
     """The loop's step body (micro-batch loss with text encoding, backward, clipping, fused AdamW, EMA) runs
     under torch.cuda.set_sync_debug_mode('error'): any synchronising call raises."""
-    from diffusion.latent import PixelSpace
+    from diffusion.spaces import PixelSpace
     from diffusion.model import build_diffusion_model
-    from diffusion.schedules import NoiseSchedule
+    from diffusion.noise_schedules import NoiseSchedule
     from diffusion.training.data import batch_stream, build_dataset, data_info
     from diffusion.training.loop import micro_batch_loss
     from diffusion.training.runtime import Processes

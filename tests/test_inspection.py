@@ -3,11 +3,11 @@ prompt's real tokens, and the schedule plot is written."""
 
 import torch
 
-from diffusion.inspection import (AttentionRecorder, TrajectoryRecorder, average_maps, cross_attention_layers,
+from diffusion.tools.inspection import (AttentionRecorder, TrajectoryRecorder, average_maps, cross_attention_layers,
                                   cross_attention_maps, plot_schedules, render_attention, render_trajectory,
                                   schedule_configs)
 from diffusion.pipeline import generate_images
-from diffusion.workbench import load_model
+from diffusion.tools.workbench import load_model
 
 
 def test_trajectory_recorder_keeps_every_step_with_its_shapes(tiny_checkpoint, tmp_path):

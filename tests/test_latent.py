@@ -10,8 +10,8 @@ from PIL import Image
 
 from diffusion import latent_space
 from diffusion.errors import UserError
-from diffusion.pipeline import generate
-from diffusion.training import checkpoint as ckpt
+from diffusion.sampling import generate
+from diffusion import checkpoint as ckpt
 from diffusion.training import train
 from tiny import CONF, run_script, tiny_train_cfg
 
@@ -54,7 +54,7 @@ def test_autoencoder_run_has_checkpoint_grids_psnr_and_scale_factor(autoencoder)
 @pytest.mark.parametrize("overrides", [["experiment=ldm_toybirds"], ["experiment=ldm_toybirds", "task=vae"],
                                        ["vae=kl_f8", "task=vae"]])
 def test_configs_compose_and_build(tmp_path, overrides):
-    from diffusion.autoencoder import build_autoencoder
+    from diffusion.spaces.autoencoder import build_autoencoder
     from diffusion.config import build
 
     cfg = tiny_train_cfg(tmp_path, *overrides)
@@ -127,9 +127,9 @@ def test_latent_sampling_never_clamps_latents_to_the_pixel_range(latent_run):
     """conf/sampler clamps pred_x0 to [-1, 1], right for pixels; scaled latents have unit std and no range, so a
     latent model's sampler (from its checkpoint, or for the training grids) must not clamp: a DDIM step that
     starts from latents of std 3 keeps values beyond 1."""
-    from diffusion.loading import load_diffusion_checkpoint
+    from diffusion.model import load_model
 
-    loaded = load_diffusion_checkpoint(latent_run["first"])
+    loaded = load_model(latent_run["first"])
     scheduler = loaded.scheduler()
     assert loaded.space.bounded is False and scheduler.clip_sample is False
     x_t = 3 * torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -138,7 +138,7 @@ def test_latent_sampling_never_clamps_latents_to_the_pixel_range(latent_run):
     assert step.pred_x0.abs().max() > 2
     pixel = tiny_train_cfg(latent_run["root"] / "pixel")  # the same sampler config in pixel space clamps
     from diffusion.config import build_scheduler
-    from diffusion.schedules import NoiseSchedule
+    from diffusion.noise_schedules import NoiseSchedule
 
     assert build_scheduler(pixel.sampler, NoiseSchedule.from_name(**pixel.schedule), "v").clip_sample is True
 

@@ -5,7 +5,7 @@ import torch
 
 from diffusion.errors import UserError
 from diffusion.losses import diffusion_loss, loss_weight
-from diffusion.schedules import NoiseSchedule
+from diffusion.noise_schedules import NoiseSchedule
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v", "x0"])

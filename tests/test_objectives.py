@@ -9,9 +9,9 @@ import torch
 
 from diffusion.objectives import DDPMObjective, EDMObjective, FlowObjective
 from diffusion.objectives.flow import shift_time
-from diffusion.schedulers import (DDIMScheduler, DPMSolverPlusPlus2M, EulerSolver, FlowEulerSampler, FlowHeunSampler,
-                                  HeunSolver)
-from diffusion.schedules import NoiseSchedule
+from diffusion.samplers import (DDIMScheduler, DPMPP2MSampler, EulerSampler, FlowEulerSampler, FlowHeunSampler,
+                                  HeunSampler)
+from diffusion.noise_schedules import NoiseSchedule
 
 SCHEDULE = NoiseSchedule.from_name("cosine", 1000)
 
@@ -98,9 +98,9 @@ def perfect_denoiser(solver, target):
 
 
 SOLVERS = [
-    EulerSolver(SCHEDULE, "x0", sigmas="karras"), HeunSolver(SCHEDULE, "x0", sigmas="exponential"),
-    DPMSolverPlusPlus2M(SCHEDULE, "x0", sigmas="default"), EulerSolver(objective=EDMObjective()),
-    HeunSolver(objective=EDMObjective()), DPMSolverPlusPlus2M(objective=EDMObjective()),
+    EulerSampler(SCHEDULE, "x0", sigmas="karras"), HeunSampler(SCHEDULE, "x0", sigmas="exponential"),
+    DPMPP2MSampler(SCHEDULE, "x0", sigmas="default"), EulerSampler(objective=EDMObjective()),
+    HeunSampler(objective=EDMObjective()), DPMPP2MSampler(objective=EDMObjective()),
     FlowEulerSampler(objective=FlowObjective()), FlowHeunSampler(objective=FlowObjective(shift=3.0)),
 ]
 
@@ -127,7 +127,7 @@ def gaussian_denoiser(solver, mu, std):
     return denoise
 
 
-@pytest.mark.parametrize("kind,order", [(EulerSolver, 1), (HeunSolver, 2), (DPMSolverPlusPlus2M, 2)])
+@pytest.mark.parametrize("kind,order", [(EulerSampler, 1), (HeunSampler, 2), (DPMPP2MSampler, 2)])
 def test_solvers_converge_at_their_order_to_the_exact_gaussian_flow(kind, order):
     """For data N(mu, std^2) the probability-flow ODE is solved in closed form,
     x(0) = mu + (x(sigma_max) - mu) std / sqrt(std^2 + sigma_max^2): doubling the steps must cut the
@@ -148,26 +148,26 @@ def test_solvers_converge_at_their_order_to_the_exact_gaussian_flow(kind, order)
 
 
 def test_grids():
-    euler = EulerSolver(SCHEDULE, "v", sigmas="karras", rho=7.0)
+    euler = EulerSampler(SCHEDULE, "v", sigmas="karras", rho=7.0)
     levels = np.array(euler.timesteps(10))
     lo, hi = euler.objective.sigma_range()
     assert levels[0] == pytest.approx(hi) and levels[-1] == pytest.approx(lo)
     ramp = levels ** (1 / 7)
     np.testing.assert_allclose(np.diff(ramp), np.diff(ramp)[0], rtol=1e-9)  # evenly spaced in sigma^(1/rho)
-    expo = np.array(EulerSolver(SCHEDULE, "v", sigmas="exponential").timesteps(10))
+    expo = np.array(EulerSampler(SCHEDULE, "v", sigmas="exponential").timesteps(10))
     np.testing.assert_allclose(np.diff(np.log(expo)), np.diff(np.log(expo))[0], rtol=1e-9)
-    ddim_grid = DDIMScheduler(SCHEDULE, "v", timestep_spacing="trailing").timesteps(10)
-    default = EulerSolver(SCHEDULE, "v", sigmas="default", timestep_spacing="trailing").timesteps(10)
+    ddim_grid = DDIMSampler(SCHEDULE, "v", timestep_spacing="trailing").timesteps(10)
+    default = EulerSampler(SCHEDULE, "v", sigmas="default", timestep_spacing="trailing").timesteps(10)
     assert [round(euler.objective.from_sigma(s)[0]) for s in default] == ddim_grid
-    edm_levels = HeunSolver(objective=EDMObjective()).timesteps(18)
+    edm_levels = HeunSampler(objective=EDMObjective()).timesteps(18)
     assert edm_levels[0] == pytest.approx(80.0) and edm_levels[-1] == pytest.approx(0.002)
-    assert HeunSolver(objective=EDMObjective()).img2img_timesteps(10, 0.3) == HeunSolver(objective=EDMObjective()).timesteps(10)[7:]
+    assert HeunSampler(objective=EDMObjective()).img2img_timesteps(10, 0.3) == HeunSampler(objective=EDMObjective()).timesteps(10)[7:]
 
 
 def test_euler_is_ddim_in_sigma():
     """With the same network, Euler on the DDIM grid and DDIM (eta 0) give the same trajectory."""
-    ddim = DDIMScheduler(SCHEDULE, "v", timestep_spacing="trailing")
-    euler = EulerSolver(SCHEDULE, "v", sigmas="default", timestep_spacing="trailing")
+    ddim = DDIMSampler(SCHEDULE, "v", timestep_spacing="trailing")
+    euler = EulerSampler(SCHEDULE, "v", sigmas="default", timestep_spacing="trailing")
     network = lambda x, t: 0.5 * x * math.cos(float(torch.as_tensor(t).double().round()) / 300)  # noqa: E731
     noise = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     grid = ddim.timesteps(8)
@@ -185,7 +185,7 @@ def test_euler_is_ddim_in_sigma():
 def test_flow_and_edm_train_and_sample_from_the_command_line(tmp_path):
     """`train.py diffusion.objective=flow` then `sample.py sampler=flow_euler steps=...`, as a user runs them
     (and EDM with its default heun); each checkpoint records its objective and refuses DDIM."""
-    from diffusion.pipeline import read_png_metadata
+    from diffusion.data.images import read_png_metadata
     from tiny import TINY_TRAIN, run_script
 
     for objective, sampler in (("flow", "flow_euler"), ("edm", "heun")):
@@ -209,10 +209,10 @@ def test_inpainting_keeps_the_known_region_exactly(tiny_checkpoint, sampler):
     """Pixel space: the kept half of the init image comes back bit for bit, the repainted half changes."""
     from omegaconf import OmegaConf
 
-    from diffusion.loading import load_diffusion_checkpoint
+    from diffusion.model import load_model
     from diffusion.pipeline import generate_images
 
-    loaded = load_diffusion_checkpoint(tiny_checkpoint)
+    loaded = load_model(tiny_checkpoint)
     node = OmegaConf.load(f"conf/sampler/{sampler}.yaml")
     scheduler = loaded.scheduler(node)
     shape = tuple(loaded.payload["data"]["shape"])

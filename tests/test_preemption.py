@@ -5,7 +5,7 @@ import random
 import signal
 import time
 
-from diffusion.training import checkpoint as ckpt
+from diffusion import checkpoint as ckpt
 from diffusion.training import train
 from tiny import signal_after_first_log, start_training, tiny_train_cfg, wait_for
 

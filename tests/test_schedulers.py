@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from diffusion.errors import UserError
-from diffusion.schedulers import DDIMScheduler, DDPMScheduler
-from diffusion.schedules import NoiseSchedule
+from diffusion.samplers import DDIMScheduler, DDPMScheduler
+from diffusion.noise_schedules import NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -24,12 +24,12 @@ def make_pair(kind, name="linear", prediction_type="epsilon", spacing="leading",
                   prediction_type=REF_PREDICTION[prediction_type], timestep_spacing=spacing,
                   rescale_betas_zero_snr=zero_terminal_snr, clip_sample=clip_sample)
     if kind == "ddim":
-        ours = DDIMScheduler(schedule, prediction_type=prediction_type, timestep_spacing=spacing, clip_sample=clip_sample)
-        ref = diffusers.DDIMScheduler(**common, set_alpha_to_one=True)
+        ours = DDIMSampler(schedule, prediction_type=prediction_type, timestep_spacing=spacing, clip_sample=clip_sample)
+        ref = diffusers.DDIMSampler(**common, set_alpha_to_one=True)
     else:
-        ours = DDPMScheduler(schedule, prediction_type=prediction_type, timestep_spacing=spacing,
+        ours = DDPMSampler(schedule, prediction_type=prediction_type, timestep_spacing=spacing,
                              clip_sample=clip_sample, variance_type=variance_type)
-        ref = diffusers.DDPMScheduler(**common, variance_type=variance_type)
+        ref = diffusers.DDPMSampler(**common, variance_type=variance_type)
     if float64_reference:
         ref.alphas_cumprod = schedule.alphas_cumprod.clone()
         ref.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
@@ -140,7 +140,7 @@ def test_clip_sample_matches_diffusers(kind):
 def test_ddpm_posterior_matches_bayes_rule():
     """q(x_{t-1} | x_t, x0) from the product of q(x_{t-1} | x0) and q(x_t | x_{t-1}), solved independently."""
     s = NoiseSchedule.from_name("cosine")
-    ddpm = DDPMScheduler(s, prediction_type="x0")
+    ddpm = DDPMSampler(s, prediction_type="x0")
     x0, x_t = torch.tensor([0.3, -1.2], dtype=torch.float64), torch.tensor([1.1, 0.4], dtype=torch.float64)
     for t in [1, 10, 400, 999]:
         a_prev, beta = float(s.alphas_cumprod[t - 1]), float(s.betas[t])
@@ -157,7 +157,7 @@ def test_ddpm_posterior_matches_bayes_rule():
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 def test_ddim_with_a_perfect_denoiser_lands_on_the_single_training_point(prediction_type, spacing):
     s = NoiseSchedule.from_name("linear")
-    ddim = DDIMScheduler(s, prediction_type=prediction_type, timestep_spacing=spacing)
+    ddim = DDIMSampler(s, prediction_type=prediction_type, timestep_spacing=spacing)
     gen = torch.Generator().manual_seed(0)
     point = torch.randn(1, 3, 4, 4, generator=gen, dtype=torch.float64)
     x = torch.randn(5, 3, 4, 4, generator=gen, dtype=torch.float64) * 3  # any start
@@ -214,7 +214,7 @@ def test_ddim_50_steps_reproduces_gaussian_data():
 
 def test_img2img_keeps_the_tail_and_noises_to_its_first_step():
     s = NoiseSchedule.from_name("linear")
-    ddim = DDIMScheduler(s, timestep_spacing="leading")
+    ddim = DDIMSampler(s, timestep_spacing="leading")
     assert ddim.img2img_timesteps(50, 1.0) == ddim.timesteps(50)
     tail = ddim.img2img_timesteps(50, 0.6)
     assert len(tail) == 30 and tail == ddim.timesteps(50)[20:]
@@ -226,7 +226,7 @@ def test_img2img_keeps_the_tail_and_noises_to_its_first_step():
 
 def test_bad_arguments():
     s = NoiseSchedule.from_name("linear")
-    ddim = DDIMScheduler(s)
+    ddim = DDIMSampler(s)
     for bad in [0, -3, 1001]:
         with pytest.raises(UserError, match=rf"steps must be an integer in \[1, 1000\], got {bad}"):
             ddim.timesteps(bad)
@@ -234,10 +234,10 @@ def test_bad_arguments():
         with pytest.raises(UserError, match=rf"strength must be in \(0, 1\], got {bad}"):
             ddim.img2img_timesteps(10, bad)
     with pytest.raises(UserError, match="unknown prediction type 'sample'; choose one of: epsilon, v, x0"):
-        DDIMScheduler(s, prediction_type="sample")
+        DDIMSampler(s, prediction_type="sample")
     with pytest.raises(UserError, match="unknown timestep spacing 'even'"):
-        DDIMScheduler(s, timestep_spacing="even")
+        DDIMSampler(s, timestep_spacing="even")
     with pytest.raises(UserError, match="unknown variance type 'learned'"):
-        DDPMScheduler(s, variance_type="learned")
+        DDPMSampler(s, variance_type="learned")
     with pytest.raises(UserError, match="zero-terminal-SNR schedule needs prediction_type v or x0"):
-        DDIMScheduler(NoiseSchedule.from_name("linear", zero_terminal_snr=True), prediction_type="epsilon")
+        DDIMSampler(NoiseSchedule.from_name("linear", zero_terminal_snr=True), prediction_type="epsilon")

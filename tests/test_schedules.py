@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffusion.errors import UserError
-from diffusion.schedules import NoiseSchedule
+from diffusion.noise_schedules import NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -20,9 +20,9 @@ import torch
 
 from diffusion.errors import UserError
 from diffusion.objectives import DDPMObjective, EDMObjective, FlowObjective
-from diffusion.schedulers import (DPMSolverPlusPlus2M, EulerSolver, FlowEulerSampler, FlowHeunSampler, HeunSolver,
+from diffusion.samplers import (DPMPP2MSampler, EulerSampler, FlowEulerSampler, FlowHeunSampler, HeunSampler,
                                   karras_sigmas)
-from diffusion.schedules import NoiseSchedule
+from diffusion.noise_schedules import NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -87,7 +87,7 @@ def vp_scale(sigma):  # sigma view -> the x_t the network sees
 @pytest.mark.parametrize("steps", [5, 25])
 @pytest.mark.parametrize("sigmas,spacing", [("default", "trailing"), ("default", "linspace"), ("karras", "linspace")])
 def test_euler_matches_diffusers(prediction_type, steps, sigmas, spacing):
-    ours = EulerSolver(SCHEDULE, prediction_type, sigmas=sigmas, timestep_spacing=spacing)
+    ours = EulerSampler(SCHEDULE, prediction_type, sigmas=sigmas, timestep_spacing=spacing)
     ref = diffusers.EulerDiscreteScheduler(**ref_config(prediction_type), timestep_spacing=spacing,
                                            use_karras_sigmas=sigmas == "karras")
     ref.alphas_cumprod = SCHEDULE.alphas_cumprod.clone()
@@ -115,7 +115,7 @@ def test_euler_matches_diffusers(prediction_type, steps, sigmas, spacing):
 @pytest.mark.parametrize("sigmas", ["default", "karras"])
 def test_heun_matches_diffusers(prediction_type, steps, sigmas):
     spacing = "trailing" if sigmas == "default" else "linspace"
-    ours = HeunSolver(SCHEDULE, prediction_type, sigmas=sigmas, timestep_spacing=spacing)
+    ours = HeunSampler(SCHEDULE, prediction_type, sigmas=sigmas, timestep_spacing=spacing)
     ref = diffusers.HeunDiscreteScheduler(**ref_config(prediction_type), timestep_spacing=spacing,
                                           use_karras_sigmas=sigmas == "karras")
     ref.alphas_cumprod = SCHEDULE.alphas_cumprod.clone()
@@ -137,7 +137,7 @@ def test_heun_matches_diffusers(prediction_type, steps, sigmas):
 @pytest.mark.parametrize("sigmas", ["karras", "default"])
 def test_dpmpp_2m_matches_diffusers(prediction_type, steps, sigmas):
     spacing = "trailing"
-    ours = DPMSolverPlusPlus2M(SCHEDULE, prediction_type, sigmas=sigmas, timestep_spacing=spacing)
+    ours = DPMPP2MSampler(SCHEDULE, prediction_type, sigmas=sigmas, timestep_spacing=spacing)
     ref = diffusers.DPMSolverMultistepScheduler(**ref_config(prediction_type), algorithm_type="dpmsolver++",
                                                 solver_order=2, timestep_spacing=spacing,
                                                 use_karras_sigmas=sigmas == "karras", final_sigmas_type="zero")

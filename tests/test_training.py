@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from diffusion.errors import UserError
-from diffusion.pipeline import read_png_metadata
-from diffusion.training import checkpoint as ckpt
+from diffusion.data.images import read_png_metadata
+from diffusion import checkpoint as ckpt
 from diffusion.training import loop, train
 from tiny import run_script, tiny_train_cfg
 

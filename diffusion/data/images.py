@@ -1,4 +1,5 @@
-"""Decoding image files into training tensors, shared by the on-disk datasets.
+"""Image files in and out: decoding them into training tensors (shared by the on-disk datasets), and
+writing model images as PNGs and grids with their generation parameters in the metadata.
 
 One path from a file to a tensor, so CUB birds and image folders agree on colour handling:
 
@@ -15,13 +16,16 @@ One path from a file to a tensor, so CUB birds and image folders agree on colour
 """
 
 import contextlib
+import json
 import math
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -186,3 +190,42 @@ def maybe_flip(image: torch.Tensor, enabled: bool) -> torch.Tensor:
 def _short_reason(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------------------------------------- writing images
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """[3, H, W] in [-1, 1] -> an 8-bit RGB PIL image."""
+    array = ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, mode="RGB")
+
+
+def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> Image.Image:
+    """[N, 3, H, W] in [-1, 1] -> one PIL image with the images in rows (white gaps between them)."""
+    n, _, height, width = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    grid = Image.new("RGB", (columns * (width + padding) + padding, rows * (height + padding) + padding), "white")
+    for i, image in enumerate(images):
+        grid.paste(to_pil(image), (padding + (i % columns) * (width + padding), padding + (i // columns) * (height + padding)))
+    return grid
+
+
+def save_png(image: Image.Image, path: Path, metadata: dict | None = None) -> None:
+    """Write a PNG with `metadata` in its text chunks ("parameters" holds all of it as JSON)."""
+    info = PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(key, str(value))
+    if metadata:
+        info.add_text("parameters", json.dumps(metadata))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    image.save(temporary, format="PNG", pnginfo=info)
+    temporary.replace(path)
+
+
+def read_png_metadata(path: str | Path) -> dict:
+    """The generation parameters stored by `save_png`."""
+    with Image.open(path) as image:
+        return json.loads(image.text["parameters"])

@@ -69,9 +69,9 @@ def main(argv=None) -> None:
         processes, device = init_processes(args.device)
         from diffusion.evaluation.features import make_extractor
         from diffusion.evaluation.score import evaluate, sampler_config
-        from diffusion.loading import load_diffusion_checkpoint
+        from diffusion.model import load_model
 
-        loaded = load_diffusion_checkpoint(args.ckpt, device, use_ema=not args.no_ema)
+        loaded = load_model(args.ckpt, device, use_ema=not args.no_ema)
         extractor = make_extractor(args.extractor, inception_weights=args.inception_weights,
                                    probe_resolution=int(loaded.payload["data"]["resolution"]), device=device)
         result = evaluate(loaded, extractor, num=args.num, ref_num=args.ref_num, steps=args.steps,
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     print(f"{result['num_images']} images vs {result['ref_num']} reference, {result['sampler']} {result['steps']} steps, "
           f"guidance {result['guidance_scale']}, {result['processes']} process(es), generated in {result['generation_seconds']} s")
     if args.out:
-        from diffusion.pipeline import image_grid, save_png
+        from diffusion.data.images import image_grid, save_png
 
         args.out.mkdir(parents=True, exist_ok=True)
         if result["images"] is not None and len(result["images"]):

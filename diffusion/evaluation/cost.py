@@ -59,7 +59,7 @@ def run_row(path: Path) -> dict:
     """One run's cost (from its checkpoint) and quality (from its evaluation.json, when there is one)."""
     from omegaconf import OmegaConf
 
-    from diffusion.training.checkpoint import load_checkpoint
+    from diffusion.checkpoint import load_checkpoint
 
     checkpoint = find_checkpoint(path)
     payload = load_checkpoint(checkpoint, kind="diffusion")  # every way it can be wrong is one UserError

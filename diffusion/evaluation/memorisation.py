@@ -139,7 +139,7 @@ def render_neighbours(generated: torch.Tensor, training: torch.Tensor, report: M
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffusion.inspection import to_display
+    from diffusion.tools.inspection import to_display
 
     n = generated.shape[0]
     rows = report.pixel_distance.argsort()[:max_rows].tolist() if order == "closest" else list(range(min(n, max_rows)))

@@ -23,7 +23,7 @@ import torch
 
 from diffusion.errors import UserError
 from diffusion.objectives.base import Objective
-from diffusion.schedules import expand_like
+from diffusion.noise_schedules import expand_like
 
 
 class EDMObjective(Objective):
@@ -33,7 +33,7 @@ class EDMObjective(Objective):
     def __init__(self, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
                  sigma_min: float = 0.002, sigma_max: float = 80.0, noise_scale: float = 1000.0):
         if not (sigma_data > 0 and p_std > 0 and 0 < sigma_min < sigma_max):
-            raise UserError("diffusion.edm needs sigma_data > 0, p_std > 0 and 0 < sigma_min < sigma_max, "
+            raise UserError("objective=edm needs sigma_data > 0, p_std > 0 and 0 < sigma_min < sigma_max, "
                             f"got sigma_data={sigma_data}, p_std={p_std}, sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.sigma_data, self.p_mean, self.p_std = float(sigma_data), float(p_mean), float(p_std)
         self.sigma_min, self.sigma_max, self.noise_scale = float(sigma_min), float(sigma_max), float(noise_scale)

@@ -16,7 +16,7 @@ import torch
 
 from diffusion.errors import UserError, check_choice
 from diffusion.objectives.base import Objective
-from diffusion.schedules import expand_like
+from diffusion.noise_schedules import expand_like
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -32,11 +32,11 @@ class FlowObjective(Objective):
 
     def __init__(self, time_sampling: str = "logit_normal", logit_mean: float = 0.0, logit_std: float = 1.0,
                  shift: float = 1.0, timestep_scale: float = 1000.0):
-        check_choice("diffusion.flow.time_sampling", time_sampling, TIME_SAMPLINGS)
+        check_choice("objective.time_sampling", time_sampling, TIME_SAMPLINGS)
         if not shift > 0:
-            raise UserError(f"diffusion.flow.shift must be > 0 (1 = no shift, SD3 uses 3), got {shift}")
+            raise UserError(f"objective.shift must be > 0 (1 = no shift, SD3 uses 3), got {shift}")
         if not logit_std > 0:
-            raise UserError(f"diffusion.flow.logit_std must be > 0, got {logit_std}")
+            raise UserError(f"objective.logit_std must be > 0, got {logit_std}")
         self.time_sampling, self.logit_mean, self.logit_std = time_sampling, float(logit_mean), float(logit_std)
         self.shift, self.timestep_scale = float(shift), float(timestep_scale)
 

@@ -1,5 +1,26 @@
-"""The training loop and what it needs: EMA, checkpoints, optimizer schedule, logging, processes."""
+"""Training: `train(cfg)` runs the task the config names — `task=diffusion` (the denoiser, loop.py) or
+`task=vae` (latent diffusion's autoencoder, autoencoder.py) — with what both share in checks.py, ema.py,
+optim.py, data.py, logging.py, resume.py, runtime.py and signals.py."""
 
-from diffusion.training.loop import train
+from __future__ import annotations
 
-__all__ = ["train"]
+from pathlib import Path
+
+from diffusion.errors import check_choice
+
+TASKS = ("diffusion", "vae")
+
+
+def train(cfg) -> Path:
+    """Train as `cfg` says and return the final checkpoint's path."""
+    check_choice("task", cfg.task, TASKS)
+    if cfg.task == "vae":
+        from diffusion.training.autoencoder import train_autoencoder
+
+        return train_autoencoder(cfg)
+    from diffusion.training.loop import train_diffusion
+
+    return train_diffusion(cfg)
+
+
+__all__ = ["train", "TASKS"]

@@ -25,21 +25,21 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from diffusion.autoencoder import build_autoencoder, encoding_weights, latent_scale_factor, reconstruction_loss
+from diffusion import checkpoint as ckpt
 from diffusion.config import build
 from diffusion.errors import UserError
 from diffusion.model import count_parameters
-from diffusion.training import checkpoint as ckpt
+from diffusion.spaces.autoencoder import build_autoencoder, encoding_weights, latent_scale_factor, reconstruction_loss
+from diffusion.training.adversarial import adaptive_weight, critic_active, generator_loss, hinge_d_loss
+from diffusion.training.checks import diverged, validate_trainer
 from diffusion.training.data import batch_stream, build_dataset, data_info
 from diffusion.training.ema import EMA
 from diffusion.training.logging import MetricsLogger
-from diffusion.training.loop import diverged, validate
 from diffusion.training.optim import lr_at, make_optimizer, set_lr
 from diffusion.training.reconstructions import ReconstructionCheck, first_images
 from diffusion.training.resume import resolve_resume, restore_rng, rng_state
 from diffusion.training.runtime import autocast, close_processes, init_processes, step_generator
 from diffusion.training.signals import GracefulStop
-from models.critic import adaptive_weight, critic_active, generator_loss, hinge_d_loss
 
 SCALE_FACTOR_IMAGES = 256  # training images whose latents set the scale factor: its std settles well within 1 %
 CRITIC_BETAS = (0.5, 0.9)  # Adam betas of the critic (Esser et al. 2021): a short memory suits a moving target
@@ -70,7 +70,7 @@ def validate_loss(loss) -> None:
 
 
 def train_first_stage(cfg, device: torch.device) -> Path:
-    validate(cfg)
+    validate_trainer(cfg)
     validate_loss(cfg.vae.loss)
     trainer, loss_cfg = cfg.trainer, cfg.vae.loss
     run_dir = Path(cfg.paths.output_dir)

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import torch
 
-from diffusion.config import build_scheduler
-from diffusion.objectives import objective_for
-from diffusion.pipeline import generate_images, image_grid, save_png
-from diffusion.schedules import NoiseSchedule
+from diffusion.config import build_sampler, objective_for
+from diffusion.data.images import image_grid, save_png
+from diffusion.pipeline import generate_images
 
 
 def fixed_prompts(dataset, n: int) -> list[str]:
@@ -26,10 +25,8 @@ class SampleGrid:
         self.prompts = fixed_prompts(dataset, self.n)
         num_classes = getattr(dataset, "num_classes", None)
         self.labels = [i % num_classes for i in range(self.n)] if cfg.diffusion.class_conditional and num_classes else None
-        schedule = NoiseSchedule.from_name(**cfg.schedule)
-        self.scheduler = build_scheduler(cfg.sampler, schedule, cfg.diffusion.prediction_type, bounded=space.bounded,
-                                         objective=objective_for(cfg, schedule))
-        self.steps, self.eta = int(cfg.sampler.steps), cfg.sampler.get("eta") or 0.0
+        self.sampler = build_sampler(cfg.sampler, objective_for(cfg), bounded=space.bounded)
+        self.steps = int(cfg.sampler.steps)
         self.guidance = float(cfg.trainer.get("sample_guidance", 3.0))
         self.space, self.device = space, device
         self.folder = Path(run_dir) / "samples"
@@ -37,8 +34,8 @@ class SampleGrid:
     def draw(self, model, step: int) -> Path:
         was_training = model.training
         model.eval()
-        images = generate_images(model, self.scheduler, self.prompts, list(range(self.n)),
-                                 shape=tuple(self.space.info["shape"]), steps=self.steps, eta=self.eta,
+        images = generate_images(model, self.sampler, self.prompts, list(range(self.n)),
+                                 shape=tuple(self.space.info["shape"]), steps=self.steps,
                                  guidance_scale=self.guidance, class_labels=self.labels,
                                  decode=self.space.decode, device=self.device)
         model.train(was_training)

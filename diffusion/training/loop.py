@@ -1,4 +1,4 @@
-"""`train(cfg)`: the training loop, read top to bottom: set up -> (resume) -> for each step: lr, micro-batches,
+"""`train_diffusion(cfg)`: the denoiser's training loop, read top to bottom: set up -> (resume) -> for each step: lr, micro-batches,
 clip, optimizer, EMA -> log / sample / checkpoint -> stop cleanly on a signal or at max_steps.
 
     python train.py                                  # toy-birds, unet_tiny, CPU-sized
@@ -13,103 +13,45 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from diffusion.cost import RunCost, check_power_watts, count_flops
-from diffusion.errors import UserError, check_choice
-from diffusion.losses import WEIGHTINGS
-from diffusion.objectives import OBJECTIVES, objective_for
-from diffusion.model import build_diffusion_model, count_parameters, text_needs_vocabulary
-from diffusion.schedules import PREDICTION_TYPES, NoiseSchedule
-from diffusion.training import checkpoint as ckpt
+from diffusion import checkpoint as ckpt
+from diffusion.config import build_sampler, objective_for, target_class
+from diffusion.cost import RunCost, count_flops
+from diffusion.errors import UserError
+from diffusion.model import build_diffusion_model, count_parameters, legacy_keys, text_needs_vocabulary
+from diffusion.spaces import prepare_space
+from diffusion.training.checks import diverged, validate_trainer
 from diffusion.training.data import batch_stream, build_dataset, data_info
 from diffusion.training.ema import EMA
-from diffusion.training.grids import SampleGrid
+from diffusion.training.grids import SampleGrid, fixed_prompts
 from diffusion.training.logging import MetricsLogger
 from diffusion.training.optim import lr_at, make_optimizer, set_lr
 from diffusion.training.resume import resolve_resume, restore_rng, rng_state
-from diffusion.training.runtime import autocast, close_processes, init_processes, step_generator
+from diffusion.training.runtime import Processes, autocast, close_processes, init_processes, step_generator
 from diffusion.training.signals import GracefulStop
-from models.text_encoder import Tokenizer
 
 
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite."""
-
-
-def train(cfg) -> Path:
-    """Train as `cfg` says and return the final checkpoint's path."""
-    check_choice("task", cfg.task, ("diffusion", "vae"))
-    if cfg.task == "vae":
-        from diffusion.training.autoencoder import train_autoencoder
-
-        return train_autoencoder(cfg)
+def train_diffusion(cfg) -> Path:
+    """Train the denoiser as `cfg` says (task=diffusion) and return the final checkpoint's path."""
     processes, device = init_processes(cfg.device)
     try:
-        return train_diffusion(cfg, processes, device)
+        return train_denoiser(cfg, processes, device)
     finally:
         close_processes(processes)
 
 
 def validate(cfg) -> None:
-    trainer = cfg.trainer
-    for key in ("max_steps", "batch_size", "grad_accum", "log_every"):
-        if not isinstance(trainer[key], int) or trainer[key] < 1:
-            raise UserError(f"trainer.{key} must be a positive integer, got {trainer[key]!r}")
+    """Every diffusion-training key, before any work: the shared trainer keys, the objective and its sampler."""
+    validate_trainer(cfg)
     if not 0 <= cfg.diffusion.caption_dropout < 1:
         raise UserError(f"diffusion.caption_dropout must be in [0, 1), got {cfg.diffusion.caption_dropout}")
-    if not isinstance(cfg.optim.lr, (int, float)) or not cfg.optim.lr > 0:
-        raise UserError(f"optim.lr must be a number > 0, got {cfg.optim.lr!r}")
-    text_lr_scale = cfg.optim.get("text_lr_scale", 1.0)
-    if not isinstance(text_lr_scale, (int, float)) or not text_lr_scale > 0:
-        raise UserError(f"optim.text_lr_scale must be a number > 0, got {text_lr_scale!r}")
-    check_choice("diffusion.prediction_type", cfg.diffusion.prediction_type, PREDICTION_TYPES)
-    check_choice("diffusion.objective", cfg.diffusion.get("objective", "ddpm"), OBJECTIVES)
-    objective_for(cfg, NoiseSchedule.from_name(**cfg.schedule))  # refuses bad diffusion.flow / diffusion.edm values
-    fit_sampler_to_objective(cfg)
-    check_choice("diffusion.loss_weighting", cfg.diffusion.loss_weighting, WEIGHTINGS)
-    check_choice("trainer.precision", trainer.precision, ("auto", "fp32", "bf16"))
-    if trainer.max_minutes is not None and not (isinstance(trainer.max_minutes, (int, float)) and trainer.max_minutes > 0):
-        raise UserError(f"trainer.max_minutes must be a number of minutes > 0 (or null), got {trainer.max_minutes!r}")
-    if trainer.get("fit_schedule_to_time") and trainer.max_minutes is None:
-        raise UserError("trainer.fit_schedule_to_time=true needs a time budget: set trainer.max_minutes too")
-    check_choice("logger.mode", cfg.logger.get("mode", "offline"), ("offline", "online", "disabled"))
-    check_power_watts(cfg)
+    build_sampler(cfg.sampler, objective_for(cfg))  # a bad objective value, or a sampler that cannot sample it
 
 
-DEFAULT_SAMPLERS = {"flow": "flow_euler", "edm": "heun"}
-
-
-def fit_sampler_to_objective(cfg) -> None:
-    """Training draws sample grids, and the checkpoint keeps its sampler for sample.py: a flow or EDM
-    run whose configured sampler cannot sample it (the default ddim) gets the objective's own one."""
-    from diffusion.objectives import DDPMObjective
-    from diffusion.schedulers import SAMPLER_FAMILIES
-
-    name = cfg.diffusion.get("objective", "ddpm")
-    target = str(cfg.sampler.get("_target_", ""))
-    family = "discrete" if target.rsplit(".", 1)[-1] in ("DDIMScheduler", "DDPMScheduler") else \
-        "flow" if "Flow" in target else "sigma"
-    fits = DDPMObjective.sampler_families if name == "ddpm" else objective_class(name).sampler_families
-    if family in fits:
-        return
-    replacement = DEFAULT_SAMPLERS[name]
-    node = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "sampler" / f"{replacement}.yaml")
-    print(f"diffusion.objective={name}: sample grids and the checkpoint use sampler={replacement} "
-          f"(the configured sampler is one of {', '.join(SAMPLER_FAMILIES[family])}, which cannot sample it)")
-    with open_dict(cfg):
-        cfg.sampler = node
-
-
-def objective_class(name):
-    from diffusion.objectives import EDMObjective, FlowObjective
-
-    return {"flow": FlowObjective, "edm": EDMObjective}[name]
-
-
-def train_diffusion(cfg, processes, device: torch.device) -> Path:
+def train_denoiser(cfg, processes, device: torch.device) -> Path:
     validate(cfg)
     trainer = cfg.trainer
     run_dir = Path(cfg.paths.output_dir)
@@ -118,21 +60,19 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
 
     # data, and the space the model denoises (pixels, or an autoencoder's latents)
     dataset = build_dataset(cfg, "train")
-    from diffusion.latent import prepare_space  # pixel space unless vae.ckpt is set
-
     space = prepare_space(cfg, dataset, device, processes)
     info = {**data_info(dataset), **space.info}
     vocabulary = None
     if text_needs_vocabulary(cfg.text):
         vocabulary = (resumed["tokenizer"]["vocabulary"] if resumed else
-                      Tokenizer.from_captions(dataset.all_captions(), cfg.text.min_count).vocabulary)
+                      target_class(cfg.text, "text").vocabulary_from_captions(dataset.all_captions(), cfg.text.min_count))
 
     # model, EMA, optimizer (built identically on every process from the same seed)
     torch.manual_seed(cfg.seed)
     model = build_diffusion_model(cfg, info, vocabulary).to(device)
-    factor = int(getattr(model.unet, "downsampling", 1))  # the UNet's total halving, or the DiT's patch size
+    factor = int(getattr(model.denoiser, "downsampling", 1))  # the UNet's total halving, or the DiT's patch size
     if info["shape"][1] % factor or info["shape"][1] < factor:
-        what = (f"split into {factor}x{factor} patches" if hasattr(model.unet, "patch_size") else
+        what = (f"split into {factor}x{factor} patches" if hasattr(model.denoiser, "patch_size") else
                 f"halve {len(cfg.model.get('channel_mult', ())) - 1} times")
         raise UserError(f"the model's input is {info['shape'][1]}px, which the network cannot {what}; "
                         f"use a resolution divisible by {factor} (dataset.resolution) or a smaller model.patch_size")
@@ -145,8 +85,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     if resumed:
         start_step, samples_seen = load_training_state(resumed, model, ema, optimizer)
         trained_before = float(resumed.get("train_seconds", 0.0))
-    schedule = NoiseSchedule.from_name(**cfg.schedule)
-    objective = objective_for(cfg, schedule)
+    objective = objective_for(cfg)
 
     cost = RunCost(training_flops_per_image(model, objective, cfg, dataset, info, device, memory_format), device,
                    processes.world_size, cfg.get("cost", {}).get("power_watts"), resumed.get("cost") if resumed else None)
@@ -166,7 +105,7 @@ def train_diffusion(cfg, processes, device: torch.device) -> Path:
     if processes.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temporaries(checkpoint_dir)
-        print(f"training {count_parameters(model.unet) / 1e6:.2f}M-parameter {type(model.unet).__name__}"
+        print(f"training {count_parameters(model.denoiser) / 1e6:.2f}M-parameter {type(model.denoiser).__name__}"
               + (f" + {count_parameters(model.text_encoder) / 1e6:.2f}M text encoder" if model.text_encoder else "")
               + f" on {type(dataset).__name__} at {info['resolution']}px ({space.name}) on {device}; run: {run_dir}")
 
@@ -303,23 +242,13 @@ def training_flops_per_image(model, objective, cfg, dataset, info, device, memor
     2-image micro-batch of the run's own shapes and a real caption. The RNG and the gradients are left as
     they were, so the run trains exactly as it would without the count."""
     n = 2
-    from diffusion.training.grids import fixed_prompts
-
     caption = fixed_prompts(dataset, 1)[0] if len(dataset) else ""
     batch = {"image": torch.zeros(n, *info["shape"]), "text": [caption] * n, "label": torch.zeros(n, dtype=torch.long)}
-    from diffusion.training.runtime import Processes
-
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         flops, _ = count_flops(lambda: micro_batch_loss(model, batch, objective, cfg, Processes(), device, 0, 0,
                                                         memory_format).backward())
     model.zero_grad(set_to_none=True)
     return flops / n
-
-
-def diverged(step: int, last_good: tuple[Path, int] | None) -> TrainingDiverged:
-    kept = f"the last good checkpoint is {last_good[0]} (step {last_good[1]})" if last_good else "no checkpoint was written"
-    return TrainingDiverged(f"the loss became NaN or infinite by step {step}; training stopped and {kept}; "
-                            f"try a lower optim.lr or trainer.grad_clip")
 
 
 def training_state(cfg, model, ema, optimizer, step, info, vocabulary, space, processes) -> dict:
@@ -341,8 +270,8 @@ def training_state(cfg, model, ema, optimizer, step, info, vocabulary, space, pr
 
 def load_training_state(payload: dict, model, ema, optimizer) -> int:
     try:
-        model.load_state_dict(payload["model"])
-        ema.load_state_dict(payload["ema"])
+        model.load_state_dict(legacy_keys(payload["model"]))
+        ema.load_state_dict(legacy_keys(payload["ema"]))
     except RuntimeError as error:
         raise UserError(f"the checkpoint to resume does not fit this model config ({str(error).splitlines()[0][:120]}); "
                         f"resume with the config it was trained with") from None

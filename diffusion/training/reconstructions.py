@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from diffusion.autoencoder import psnr
+from diffusion.data.images import image_grid, save_png
 from diffusion.errors import UserError
-from diffusion.pipeline import image_grid, save_png
+from diffusion.spaces.autoencoder import psnr
 from diffusion.training.data import build_dataset
 
 GRID_COLUMNS = 8  # images per row: a row of originals, then the row of their reconstructions

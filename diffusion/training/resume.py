@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.training.checkpoint import find_resumable, load_checkpoint
+from diffusion.checkpoint import find_resumable, load_checkpoint
 
 
 def resolve_resume(cfg, run_dir: Path, kind: str) -> dict | None:

@@ -81,14 +81,14 @@ def main(argv=None) -> None:
         vocabulary = Tokenizer.from_captions(ToyBirds(resolution=32).all_captions()).vocabulary
         torch.manual_seed(cfg.seed)
         model = build_diffusion_model(cfg, {"shape": (3, 32, 32)}, vocabulary)
-        print_table("freshly initialised (seed 0)", sensitivity(model.text_encoder, model.unet.pooled_embed))
-    from diffusion.loading import load_diffusion_checkpoint
+        print_table("freshly initialised (seed 0)", sensitivity(model.text_encoder, model.denoiser.pooled_embed))
+    from diffusion.model import load_model
 
     for path in args.ckpt:
-        model = load_diffusion_checkpoint(path).model
+        model = load_model(path).model
         if not hasattr(model.text_encoder, "tokenizer"):
             sys.exit(f"error: {path} has no scratch text encoder (text=scratch); nothing to measure")
-        print_table(path, sensitivity(model.text_encoder, model.unet.pooled_embed))
+        print_table(path, sensitivity(model.text_encoder, model.denoiser.pooled_embed))
 
 
 if __name__ == "__main__":

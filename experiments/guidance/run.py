@@ -22,7 +22,7 @@ SAMPLER_STEPS = 25
 
 
 def plot(ctx: Context, results: list[dict]) -> str:
-    from diffusion.inspection import pyplot, save_figure
+    from diffusion.tools.inspection import pyplot, save_figure
 
     plt = pyplot()
     figure, left = plt.subplots(figsize=(6.5, 3.8))

@@ -44,7 +44,7 @@ def recoloured_prompts(n: int, resolution: int):
 
 
 def plot(ctx: Context, results: list[dict]) -> str:
-    from diffusion.inspection import pyplot, save_figure
+    from diffusion.tools.inspection import pyplot, save_figure
 
     plt = pyplot()
     figure, left = plt.subplots(figsize=(6.5, 3.8))

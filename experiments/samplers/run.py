@@ -21,7 +21,7 @@ SMOKE_SETTINGS = [("ddpm", 10), ("ddim", 3), ("ddim", 5)]
 
 
 def plot(ctx: Context, results: list[dict]) -> str:
-    from diffusion.inspection import pyplot, save_figure
+    from diffusion.tools.inspection import pyplot, save_figure
 
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -35,7 +35,7 @@ def main() -> None:
     ctx = Context("schedules", args)
 
     from diffusion.evaluation.score import toybirds_prompts
-    from diffusion.inspection import plot_schedules
+    from diffusion.tools.inspection import plot_schedules
 
     chosen = args.variants if args.variants is not None else (SMOKE_VARIANTS if ctx.smoke else range(len(VARIANTS)))
     n = ctx.num()

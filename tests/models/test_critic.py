@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.critic import PatchCritic, adaptive_weight, critic_active, generator_loss, hinge_d_loss
+from diffusion.training.adversarial import adaptive_weight, critic_active, generator_loss, hinge_d_loss
+from models.critic import PatchCritic
 from models.vae import AutoencoderKL
 
 

@@ -83,15 +83,15 @@ def test_bad_inputs_are_one_clear_line():
 def test_dit_trains_and_samples_as_a_drop_in_backbone(tmp_path):
     """`train.py model=dit_tiny` with each objective, then sampling, through the same code as the UNet."""
     from diffusion.errors import UserError
-    from diffusion.loading import load_diffusion_checkpoint
+    from diffusion.model import load_model
     from diffusion.pipeline import generate_images
     from diffusion.training import train
     from tiny import tiny_train_cfg
 
     for objective in ("ddpm", "flow"):
         ckpt = train(tiny_train_cfg(tmp_path / objective, "model=dit_tiny", f"diffusion.objective={objective}"))
-        loaded = load_diffusion_checkpoint(ckpt)
-        assert type(loaded.model.unet).__name__ == "DiT"
+        loaded = load_model(ckpt)
+        assert type(loaded.model.denoiser).__name__ == "DiT"
         images = generate_images(loaded.model, loaded.scheduler(), ["a red bird"], [0], shape=(3, 16, 16), steps=2,
                                  guidance_scale=2.0)
         assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()

@@ -99,7 +99,7 @@ def test_built_without_text_the_config_error_is_one_line(tmp_path):
 
 
 def test_train_and_sample_from_the_command_line(tmp_path):
-    from diffusion.training import checkpoint as ckpt
+    from diffusion import checkpoint as ckpt
     from tiny import TINY_TRAIN, run_script
 
     run = tmp_path / "run"

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from diffusion.config import build
-from diffusion.schedules import NoiseSchedule
+from diffusion.noise_schedules import NoiseSchedule
 from models.layers import timestep_embedding
 from models.unet import UNet
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from diffusion.autoencoder import build_autoencoder, psnr, weights_fingerprint
+from diffusion.spaces.autoencoder import build_autoencoder, psnr, weights_fingerprint
 from diffusion.data.toybirds import ToyBirds
 from models.vae import LOGVAR_MAX, LOGVAR_MIN, AutoencoderKL, DiagonalGaussian, channel_to_space, space_to_channel
 

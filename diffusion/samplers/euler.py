@@ -9,13 +9,14 @@ With pred_x0 held fixed this is exactly a DDIM step (Song et al. 2021, eq. 13), 
 
 from __future__ import annotations
 
-from diffusion.schedulers.sigmas import SigmaSolver, SolverStep
+from diffusion.samplers.base import SamplerStep
+from diffusion.samplers.sigmas import SigmaSampler
 
 
-class EulerSolver(SigmaSolver):
+class EulerSampler(SigmaSampler):
     name = "euler"
 
-    def step(self, denoise, x, sigma, sigma_next, memory, last):
+    def step(self, denoise, x, sigma, sigma_next, memory, noise=None):
         pred_x0, output = self.denoised(denoise, x, sigma)  # 1
         slope = (x - pred_x0) / sigma  # 2
-        return SolverStep(x + (sigma_next - sigma) * slope, pred_x0, output)  # 3
+        return SamplerStep(x + (sigma_next - sigma) * slope, pred_x0, output)  # 3

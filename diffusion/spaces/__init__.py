@@ -1,4 +1,5 @@
-"""The space the diffusion model works in: pixels, or the latents of a trained autoencoder.
+"""The space the diffusion model works in: pixels (pixels.py), or the latents of a trained autoencoder
+(latents.py, autoencoder.py).
 
 `prepare_space(cfg, dataset, device, processes)` returns an object with
 - `name`, `info` (shape of what is denoised, stored in checkpoints), `reference` (which autoencoder),
@@ -9,30 +10,8 @@
 
 from __future__ import annotations
 
-import torch
-
 from diffusion.errors import UserError
-
-
-class PixelSpace:
-    name = "pixels"
-    reference = None
-    bounded = True  # the data lies in [-1, 1]: a sampler may clamp pred_x0 there
-
-    def __init__(self, resolution: int, channels: int = 3):
-        self.info = {"shape": [channels, resolution, resolution]}
-
-    def training_data(self, dataset):
-        return dataset
-
-    def batches(self, stream):
-        return stream
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+from diffusion.spaces.pixels import PixelSpace
 
 
 def prepare_space(cfg, dataset, device, processes):
@@ -42,7 +21,7 @@ def prepare_space(cfg, dataset, device, processes):
             raise UserError("latent diffusion needs a trained autoencoder: train one with `python train.py task=vae "
                             "vae=kl_f4 ...` and pass vae.ckpt=<its checkpoints/last.ckpt> (or use vae=none for pixels)")
         return PixelSpace(int(dataset.resolution))
-    from diffusion.latent_space import LatentSpace
+    from diffusion.spaces.latents import LatentSpace
 
     return LatentSpace.for_training(cfg, dataset, device, processes)
 
@@ -53,6 +32,6 @@ def space_for_sampling(payload: dict, device, vae_ckpt=None):
     reference = payload.get("autoencoder")
     if reference is None:
         return PixelSpace(int(payload["data"]["shape"][1]), int(payload["data"]["shape"][0]))
-    from diffusion.latent_space import LatentSpace
+    from diffusion.spaces.latents import LatentSpace
 
     return LatentSpace.for_sampling(reference, device, vae_ckpt)

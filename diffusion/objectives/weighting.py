@@ -1,4 +1,4 @@
-"""The training objective: regress the network onto epsilon, v or x0 with a per-timestep weight.
+"""The DDPM objective's loss weights: regress the network onto epsilon, v or x0 with a per-timestep weight.
 
 All three objectives are the same denoising loss up to a weight on ||x0 - pred_x0||^2 (Kingma et al.
 2021; Salimans & Ho 2022): with SNR = alpha_bar / (1 - alpha_bar),
@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from diffusion.errors import UserError, check_choice
-from diffusion.schedules import PREDICTION_TYPES, NoiseSchedule, expand_like
+
+PREDICTION_TYPES = ("epsilon", "v", "x0")
 
 WEIGHTINGS = ("uniform", "min_snr", "min_snr_plus_one")
 
@@ -55,26 +56,3 @@ def loss_weight(snr: torch.Tensor, prediction_type: str, weighting: str = "unifo
     if weighting == "min_snr_plus_one":
         return min_snr_plus_one_weight(snr, prediction_type, gamma)
     return min_snr_weight(snr, prediction_type, gamma)
-
-
-def sample_timesteps(batch_size: int, num_timesteps: int, device=None, generator=None) -> torch.Tensor:
-    """t ~ Uniform{0, ..., T-1} (Ho et al. 2020, Algorithm 1)."""
-    return torch.randint(0, num_timesteps, (batch_size,), device=device, generator=generator)
-
-
-def diffusion_loss(
-    model_output: torch.Tensor,  # [B, C, H, W] the network's prediction at (x_t, t)
-    x0: torch.Tensor,  # [B, C, H, W] clean data
-    noise: torch.Tensor,  # [B, C, H, W] the eps used to make x_t
-    t: torch.Tensor,  # [B] integer timesteps
-    schedule: NoiseSchedule,
-    prediction_type: str = "epsilon",
-    weighting: str = "uniform",
-    min_snr_gamma: float = 5.0,
-) -> torch.Tensor:
-    """Per-example weighted mean squared error [B] (mean over every non-batch dimension)."""
-    target = schedule.target(prediction_type, x0, noise, t)
-    weight = loss_weight(schedule.snr(t), prediction_type, weighting, min_snr_gamma)  # [B] float64, on t's device
-    squared_error = (model_output.float() - target.float()) ** 2
-    per_example = squared_error.flatten(1).mean(dim=1)  # [B]
-    return per_example * expand_like(weight, per_example)

@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import math
 
-from diffusion.schedulers.sigmas import SigmaSolver, SolverStep
+from diffusion.samplers.base import SamplerStep
+from diffusion.samplers.sigmas import SigmaSampler
 
 
-class DPMSolverPlusPlus2M(SigmaSolver):
+class DPMPP2MSampler(SigmaSampler):
     name = "dpmpp_2m"
 
-    def step(self, denoise, x, sigma, sigma_next, memory, last):
+    def step(self, denoise, x, sigma, sigma_next, memory, noise=None):
         pred_x0, output = self.denoised(denoise, x, sigma)  # 1
         if sigma_next == 0:  # 2, the last step
-            return SolverStep(pred_x0, pred_x0, output)
+            return SamplerStep(pred_x0, pred_x0, output)
         h = math.log(sigma) - math.log(sigma_next)
         data = pred_x0
         if "pred_x0" in memory:  # 3
             r = memory["h"] / h
             data = (1 + 1 / (2 * r)) * pred_x0 - (1 / (2 * r)) * memory["pred_x0"]
         prev_sample = (sigma_next / sigma) * x - math.expm1(-h) * data
-        return SolverStep(prev_sample, pred_x0, output, memory={"pred_x0": pred_x0, "h": h})
+        return SamplerStep(prev_sample, pred_x0, output, memory={"pred_x0": pred_x0, "h": h})

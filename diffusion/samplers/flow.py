@@ -15,37 +15,31 @@ from __future__ import annotations
 import numpy as np
 
 from diffusion.errors import UserError
-from diffusion.objectives import FlowObjective, Objective
 from diffusion.objectives.flow import shift_time
-from diffusion.schedulers.sigmas import LevelSampler, SolverStep
+from diffusion.samplers.base import Sampler, SamplerStep
 
 
-class FlowEulerSampler(LevelSampler):
+class FlowEulerSampler(Sampler):
     family = "flow"
     name = "flow_euler"
     heun = False
 
-    def __init__(self, schedule=None, prediction_type=None, objective: Objective | None = None,
-                 shift: float | None = None, t_min: float = 1e-3):
-        self.objective = objective if objective is not None else FlowObjective()
-        shift = getattr(self.objective, "shift", 1.0) if shift is None else shift
-        if not (isinstance(shift, (int, float)) and shift > 0):
+    def __init__(self, objective, shift: float | None = None, t_min: float = 1e-3):
+        if "flow" not in objective.sampler_families:
+            raise UserError(f"{self.name} samples rectified-flow models, not {objective.name}")
+        self.objective = objective
+        shift = getattr(objective, "shift", 1.0) if shift is None else shift
+        if isinstance(shift, bool) or not (isinstance(shift, (int, float)) and shift > 0):
             raise UserError(f"sampler.shift must be a number > 0 (or null: the model's), got {shift!r}")
-        if not 0 < t_min < 1:
+        if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 < t_min < 1:
             raise UserError(f"sampler.t_min must be in (0, 1), got {t_min!r}")
         self.shift, self.t_min = float(shift), float(t_min)
 
-    def levels(self, n):
+    def level_grid(self, n):
         return shift_time(np.linspace(1.0, self.t_min, n), self.shift)
 
-    def prior(self, noise, levels):
-        return noise  # t = 1 is pure noise
-
-    def img2img_start(self, x0, noise, levels):
-        return self.noised(x0, noise, levels[0])
-
     def noised(self, x0, noise, t):
-        return (1 - float(t)) * x0 + float(t) * noise
+        return (1 - float(t)) * x0 + float(t) * noise  # t = 1 is pure noise: the prior is the draw itself
 
     def implied_noise(self, x, pred_x0, t):
         return (x - (1 - t) * pred_x0) / t
@@ -54,14 +48,14 @@ class FlowEulerSampler(LevelSampler):
         output = denoise(self.objective.network_input(x, t), self.objective.model_time(t)).to(x.dtype)
         return self.objective.velocity(output, x, t), output
 
-    def step(self, denoise, x, t, t_next, memory, last):
+    def step(self, denoise, x, t, t_next, memory, noise=None):
         u, output = self.velocity(denoise, x, t)
         pred_x0 = x - t * u
         x_next = x + (t_next - t) * u
         if self.heun and t_next > 0:
             u_next, _ = self.velocity(denoise, x_next, t_next)
             x_next = x + (t_next - t) * (u + u_next) / 2
-        return SolverStep(x_next, pred_x0, output)
+        return SamplerStep(x_next, pred_x0, output)
 
     def __repr__(self):
         return f"{type(self).__name__}(shift={self.shift}, t_min={self.t_min})"

@@ -4,10 +4,9 @@ skipped steps are folded into one: beta = 1 - alpha_bar_t / alpha_bar_t_prev).""
 
 from __future__ import annotations
 
-import torch
-
 from diffusion.errors import check_choice
-from diffusion.schedulers.base import Scheduler, StepOutput, alpha_bars
+from diffusion.samplers.base import SamplerStep
+from diffusion.samplers.timesteps import TimestepSampler, alpha_bars, noise_or_draw
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
@@ -26,24 +25,23 @@ def posterior_variance(a_t: float, a_prev: float, variance_type: str) -> float:
     return beta if variance_type == "fixed_large" else (1 - a_prev) / (1 - a_t) * beta
 
 
-class DDPMScheduler(Scheduler):
+class DDPMSampler(TimestepSampler):
     name = "ddpm"
+    stochastic = True
 
-    def __init__(self, schedule, variance_type: str = "fixed_small", **kwargs):
-        super().__init__(schedule, **kwargs)
+    def __init__(self, objective, timestep_spacing: str = "leading", clip_sample: bool = False, clip_range: float = 1.0,
+                 variance_type: str = "fixed_small"):
+        super().__init__(objective, timestep_spacing, clip_sample, clip_range)
         check_choice("variance type", variance_type, VARIANCE_TYPES)
         self.variance_type = variance_type
 
-    def step(self, model_output, t, t_prev, x_t, *, eta=None, noise=None) -> StepOutput:
-        """`eta` is accepted for a uniform call signature and ignored (DDPM is always stochastic).
-        `noise` is the standard normal draw scaled by the posterior standard deviation; no noise
-        is added on the final step (t_prev = -1), as in Ho et al. Algorithm 2."""
+    def step(self, denoise, x_t, t, t_prev, memory, noise=None) -> SamplerStep:
+        """`noise` is the standard normal draw scaled by the posterior standard deviation; no noise is
+        added on the final step (t_prev = -1), as in Ho et al. Algorithm 2."""
         a_t, a_prev = alpha_bars(self.schedule, t, t_prev)
-        pred_x0, pred_eps = self.predict_x0_eps(model_output, t, x_t)
+        pred_x0, _, output = self.predict(denoise, x_t, t)
         c_x0, c_xt = posterior_mean_coefficients(a_t, a_prev)
         prev_sample = c_x0 * pred_x0 + c_xt * x_t
         if t_prev >= 0:
-            if noise is None:
-                noise = torch.randn_like(x_t)
-            prev_sample = prev_sample + posterior_variance(a_t, a_prev, self.variance_type) ** 0.5 * noise
-        return StepOutput(prev_sample=prev_sample, pred_x0=pred_x0, pred_eps=pred_eps)
+            prev_sample = prev_sample + posterior_variance(a_t, a_prev, self.variance_type) ** 0.5 * noise_or_draw(noise, x_t)
+        return SamplerStep(prev_sample, pred_x0, output)

@@ -2,7 +2,7 @@
 train.py, on the real configs composed with Hydra's compose API.
 
     ckpt = train_model("runs/tiny", *TINY, steps=60)           # seconds on a CPU
-    loaded = load_model(ckpt)                                  # LoadedModel (diffusion/loading.py)
+    loaded = load_model(ckpt)                                  # LoadedModel (diffusion/model.py)
     loaded = model_for_notebook(os.environ.get("CKPT"))        # a real checkpoint, or a tiny one trained now
 """
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from diffusion.cli import CONF_DIR
+from diffusion.model import load_model
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # A model small enough to train in seconds: 16 px, 8 base channels, a one-layer text encoder.
 TINY = [
@@ -45,12 +47,6 @@ def train_model(output_dir, *overrides: str, steps: int | None = None, minutes: 
     budget = ([f"trainer.max_steps={int(steps)}"] if steps is not None else []) + \
              ([f"trainer.max_minutes={float(minutes)}"] if minutes is not None else [])
     return Path(train(train_config(output_dir, *overrides, *budget)))
-
-
-def load_model(ckpt, device="cpu", use_ema: bool = True):
-    from diffusion.loading import load_diffusion_checkpoint
-
-    return load_diffusion_checkpoint(ckpt, device, use_ema=use_ema)
 
 
 def model_for_notebook(ckpt=None, *overrides: str, steps: int = 60, output_dir=None):

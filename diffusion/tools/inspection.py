@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffusion.sampling import StepInfo
+from diffusion.samplers import StepInfo
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def pyplot():
@@ -77,7 +77,7 @@ class TrajectoryRecorder:
             x = x.detach().float().cpu()
             return x[self.images] if self.images is not None else x.clone()
 
-        self.steps.append(TrajectoryStep(info.index, int(info.t), int(info.t_prev), keep(info.x_t),
+        self.steps.append(TrajectoryStep(info.index, int(info.level), int(info.level_next), keep(info.x),
                                          keep(info.pred_x0), keep(info.pred_eps)))
 
     def __len__(self) -> int:
@@ -229,9 +229,9 @@ class AttentionRecorder:
         return self._context.__exit__(*exc)
 
     def __call__(self, info: StepInfo) -> None:
-        batch = info.x_t.shape[0]
+        batch = info.x.shape[0]
         maps = [layer.last_maps[-batch:] for _, layer in self.layers]  # guidance: [uncond; cond] -> cond
-        self.steps.append((int(info.t), average_maps(maps, self.resolution).cpu()))
+        self.steps.append((int(info.level), average_maps(maps, self.resolution).cpu()))
 
 
 def render_attention(maps: AttentionMaps, path, image: torch.Tensor | None = None, skip_special: bool = True,
@@ -268,7 +268,7 @@ def save_grid(images: torch.Tensor, path, columns: int | None = None, scale: int
     readable), saved as PNG."""
     from PIL import Image
 
-    from diffusion.pipeline import image_grid
+    from diffusion.data.images import image_grid
 
     grid = image_grid(images.clamp(-1, 1), columns=columns)
     path = Path(path)
@@ -290,7 +290,7 @@ def schedule_configs(conf_dir=None) -> dict[str, dict]:
 
 def plot_schedules(path, conf_dir=None) -> Path:
     """alpha-bar and log-SNR against t for every schedule config, with (dashed) and without zero terminal SNR."""
-    from diffusion.schedules import NoiseSchedule
+    from diffusion.noise_schedules import NoiseSchedule
 
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))

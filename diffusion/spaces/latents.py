@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from diffusion.autoencoder import load_autoencoder, resolved
+from diffusion.spaces.autoencoder import load_autoencoder, resolved
 from diffusion.data.cache import FORMAT_VERSION as FILE_FORMAT_VERSION
 from diffusion.data.cache import cache_key, load_cache, save_atomic
 from diffusion.errors import UserError

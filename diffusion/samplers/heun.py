@@ -11,19 +11,20 @@ Two network calls per step except the last: n steps cost 2n - 1 evaluations (NFE
 
 from __future__ import annotations
 
-from diffusion.schedulers.sigmas import SigmaSolver, SolverStep
+from diffusion.samplers.base import SamplerStep
+from diffusion.samplers.sigmas import SigmaSampler
 
 
-class HeunSolver(SigmaSolver):
+class HeunSampler(SigmaSampler):
     name = "heun"
     min_steps = 2  # with one step Heun is only the final Euler step
 
-    def step(self, denoise, x, sigma, sigma_next, memory, last):
+    def step(self, denoise, x, sigma, sigma_next, memory, noise=None):
         pred_x0, output = self.denoised(denoise, x, sigma)
         slope = (x - pred_x0) / sigma  # 1
         x_euler = x + (sigma_next - sigma) * slope  # 2
         if sigma_next == 0:  # 3
-            return SolverStep(x_euler, pred_x0, output)
+            return SamplerStep(x_euler, pred_x0, output)
         pred_x0_next, _ = self.denoised(denoise, x_euler, sigma_next)
         slope_next = (x_euler - pred_x0_next) / sigma_next
-        return SolverStep(x + (sigma_next - sigma) * (slope + slope_next) / 2, pred_x0, output)
+        return SamplerStep(x + (sigma_next - sigma) * (slope + slope_next) / 2, pred_x0, output)

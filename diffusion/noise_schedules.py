@@ -1,10 +1,11 @@
 """Noise schedules: the forward process q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
 
 A `NoiseSchedule` holds `betas` and `alphas_cumprod` (alpha-bar) in float64 for t = 0 .. T-1 and
-the small pure helpers everything else uses: the signal-to-noise ratio, `add_noise`, and the
-conversions between the three things a network may predict (epsilon, v, x0).
+the small pure helpers everything else uses: the signal-to-noise ratio and `add_noise`. What a network
+predicts on it (epsilon, v, x0) and the conversions between them belong to the DDPM objective
+(diffusion/objectives/ddpm.py), the one place they are written.
 
-    python -c "from diffusion.schedules import NoiseSchedule as S; print(S.from_name('cosine').snr(999))"
+    python -c "from diffusion.noise_schedules import NoiseSchedule as S; print(S.from_name('cosine').snr(999))"
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch
 from diffusion.errors import UserError, check_choice
 
 SCHEDULE_NAMES = ("linear", "scaled_linear", "cosine", "sigmoid")
-PREDICTION_TYPES = ("epsilon", "v", "x0")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,43 +142,10 @@ class NoiseSchedule:
 
     # q(x_t | x_0), Ho et al. 2020 eq. 4
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
-        sqrt_a, sqrt_1m_a = self._sqrt_alpha_bars(t, x0)
+        sqrt_a, sqrt_1m_a = self.sqrt_alpha_bars(t, x0)
         return sqrt_a * x0 + sqrt_1m_a * noise
 
-    # v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, section 4)
-    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
-        sqrt_a, sqrt_1m_a = self._sqrt_alpha_bars(t, x0)
-        return sqrt_a * noise - sqrt_1m_a * x0
-
-    def target(self, prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
-        """What a network of `prediction_type` should output for x_t = add_noise(x0, noise, t)."""
-        check_choice("prediction type", prediction_type, PREDICTION_TYPES)
-        if prediction_type == "epsilon":
-            return noise
-        if prediction_type == "x0":
-            return x0
-        return self.velocity(x0, noise, t)
-
-    def to_x0_eps(self, prediction_type: str, model_output: torch.Tensor, x_t: torch.Tensor, t):
-        """(pred_x0, pred_eps) from any parameterisation, using x_t = sqrt(a) x0 + sqrt(1-a) eps."""
-        check_choice("prediction type", prediction_type, PREDICTION_TYPES)
-        sqrt_a, sqrt_1m_a = self._sqrt_alpha_bars(t, x_t)
-        if prediction_type == "epsilon":
-            pred_eps = model_output
-            pred_x0 = (x_t - sqrt_1m_a * pred_eps) / sqrt_a
-        elif prediction_type == "x0":
-            pred_x0 = model_output
-            pred_eps = (x_t - sqrt_a * pred_x0) / sqrt_1m_a
-        else:  # v: since a + (1-a) = 1, x0 = sqrt(a) x_t - sqrt(1-a) v and eps = sqrt(1-a) x_t + sqrt(a) v
-            pred_x0 = sqrt_a * x_t - sqrt_1m_a * model_output
-            pred_eps = sqrt_1m_a * x_t + sqrt_a * model_output
-        return pred_x0, pred_eps
-
-    def from_x0_eps(self, prediction_type: str, pred_x0: torch.Tensor, pred_eps: torch.Tensor, t) -> torch.Tensor:
-        """The inverse of `to_x0_eps`: express (x0, eps) as a model output of `prediction_type`."""
-        return self.target(prediction_type, pred_x0, pred_eps, t)
-
-    def _sqrt_alpha_bars(self, t, x: torch.Tensor):
+    def sqrt_alpha_bars(self, t, x: torch.Tensor):
         """(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) for an int or [B] tensor t, computed in float64
         and then shaped and cast to broadcast over x."""
         a = self.alpha_bar(t)

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffusion.config import build
+from diffusion.checkpoint import load_checkpoint
+from diffusion.config import build, stored_config
 from diffusion.errors import UserError, check_choice
-from diffusion.training.checkpoint import load_checkpoint
 
 # Keys of the `vae` config node that configure training or latent diffusion, not the network.
 NOT_CONSTRUCTOR_KEYS = ("ckpt", "loss", "ema", "val_images", "cache_images", "cache_dir")
@@ -74,8 +74,6 @@ def encoding_weights(payload: dict) -> dict:
 
 def load_autoencoder(path, device="cpu"):
     """A trained autoencoder from its checkpoint (kind "vae"): (network in eval mode, payload, fingerprint)."""
-    from diffusion.loading import stored_config  # checks every _target_ before anything is built
-
     payload = load_checkpoint(path, kind="vae")
     config = stored_config(payload, path)
     autoencoder = build_autoencoder(config.vae, where=f"{path} config.vae")
