@@ -22,7 +22,9 @@ import torch
 class Objective:
     name = "objective"
     # the sampler families that fit: "discrete" (ddpm, ddim), "sigma" (euler, heun, dpmpp_2m), "flow"
+    # (flow_euler, flow_heun); each sampler names its own family (diffusion/samplers/)
     sampler_families: tuple[str, ...] = ()
+    needs_schedule = False  # True: built on the `schedule` config group's NoiseSchedule
 
     # -------- training
     def draw_times(self, n: int, generator: torch.Generator) -> torch.Tensor:
