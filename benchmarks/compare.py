@@ -17,9 +17,9 @@ from benchmarks.setups import FORWARD, Inputs, Pair, make_inputs
 from benchmarks.timing import Stopwatch, interleaved, median, peak_flops, spread
 from diffusion.conditioning import Cond
 from diffusion.guidance import classifier_free_guidance
-from diffusion.sampling import sample_loop
-from diffusion.samplers import DDIMScheduler
 from diffusion.noise_schedules import NoiseSchedule
+from diffusion.objectives import DDPMObjective
+from diffusion.samplers import DDIMSampler, sample_loop
 from diffusion.training.optim import make_optimizer
 from diffusion.training.runtime import autocast
 
@@ -89,9 +89,9 @@ def sampling_inputs(pair: Pair, settings: Settings, in_channels: int = 3) -> tup
 
 
 def ours_sampler(unet, cond: Inputs, uncond: Inputs | None, settings: Settings):
-    """Our sample_loop + DDIMScheduler + classifier_free_guidance (one batched forward of [uncond; cond])."""
-    scheduler = DDIMSampler(NoiseSchedule.from_name("linear"), prediction_type="epsilon", timestep_spacing="leading")
-    timesteps = scheduler.timesteps(settings.sample_steps)
+    """Our sample_loop + DDIMSampler + classifier_free_guidance (one batched forward of [uncond; cond])."""
+    sampler = DDIMSampler(DDPMObjective(NoiseSchedule.from_name("linear"), "epsilon"), timestep_spacing="leading")
+    timesteps = sampler.levels(settings.sample_steps)
 
     def run(network=unet):
         if uncond is None:
@@ -100,7 +100,7 @@ def ours_sampler(unet, cond: Inputs, uncond: Inputs | None, settings: Settings):
             as_cond = [Cond(context=i.context, context_mask=i.mask, pooled=i.pooled) for i in (cond, uncond)]
             denoise = classifier_free_guidance(network, as_cond[0], as_cond[1], settings.guidance_scale)
         with autocast(settings.device, settings.precision):
-            return sample_loop(denoise, scheduler, timesteps, cond.x.clone(), generators=[], eta=0.0)
+            return sample_loop(sampler, denoise, cond.x.clone(), timesteps)
 
     return run
 

@@ -31,7 +31,7 @@ is better**: ours / reference for images/s, reference / ours for memory and FLOP
 
 - **train**: forward + MSE loss + backward + AdamW step (fused AdamW on CUDA for both).
 - **sample**: DDIM, 50 steps, classifier-free guidance with one batched forward of [uncond; cond] per step.
-  Ours: `diffusion.sampling.sample_loop` + `diffusion.schedulers.DDIMScheduler` + `classifier_free_guidance`;
+  Ours: `diffusion.samplers.sample_loop` + `diffusion.samplers.DDIMSampler` + `classifier_free_guidance`;
   reference: diffusers' `DDIMScheduler` + its UNet in the standard guided loop.
   *Sampler overhead* is the share of a sampling run spent outside the network's forward calls (the UNet
   wrapped in a stopwatch, in separate runs).

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from diffusion.errors import UserError
+from diffusion.noise_schedules import NoiseSchedule
 from diffusion.objectives import DDPMObjective, EDMObjective, FlowObjective
 from diffusion.samplers import (DPMPP2MSampler, EulerSampler, FlowEulerSampler, FlowHeunSampler, HeunSampler,
-                                  karras_sigmas)
-from diffusion.noise_schedules import NoiseSchedule
+                                karras_sigmas, sample_loop)
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -46,9 +46,10 @@ def start(seed=0):
 
 def our_trajectory(solver, steps, x, rounded=True):
     """Our samples after each step (sigma view), and the grid it ran on."""
-    levels = solver.timesteps(steps)
+    levels = solver.levels(steps)
     seen = []
-    solver.run(lambda x_in, t: stand_in_network(x_in, t, rounded), levels, x, [], callback=lambda info: seen.append(info.prev_sample))
+    sample_loop(solver, lambda x_in, t: stand_in_network(x_in, t, rounded), x, levels,
+                callback=lambda info: seen.append(info.prev_sample))
     return seen, levels
 
 
@@ -87,12 +88,12 @@ def vp_scale(sigma):  # sigma view -> the x_t the network sees
 @pytest.mark.parametrize("steps", [5, 25])
 @pytest.mark.parametrize("sigmas,spacing", [("default", "trailing"), ("default", "linspace"), ("karras", "linspace")])
 def test_euler_matches_diffusers(prediction_type, steps, sigmas, spacing):
-    ours = EulerSampler(SCHEDULE, prediction_type, sigmas=sigmas, timestep_spacing=spacing)
+    ours = EulerSampler(DDPMObjective(SCHEDULE, prediction_type), sigmas=sigmas, timestep_spacing=spacing)
     ref = diffusers.EulerDiscreteScheduler(**ref_config(prediction_type), timestep_spacing=spacing,
                                            use_karras_sigmas=sigmas == "karras")
     ref.alphas_cumprod = SCHEDULE.alphas_cumprod.clone()
     ref.set_timesteps(steps)
-    levels = ours.timesteps(steps)
+    levels = ours.levels(steps)
     times = [ours.objective.from_sigma(s)[0] for s in levels]
     if (sigmas, spacing) == ("default", "linspace"):
         # a convention: diffusers' Euler keeps linspace's fractional timesteps (sigma linear in t between
@@ -115,12 +116,12 @@ def test_euler_matches_diffusers(prediction_type, steps, sigmas, spacing):
 @pytest.mark.parametrize("sigmas", ["default", "karras"])
 def test_heun_matches_diffusers(prediction_type, steps, sigmas):
     spacing = "trailing" if sigmas == "default" else "linspace"
-    ours = HeunSampler(SCHEDULE, prediction_type, sigmas=sigmas, timestep_spacing=spacing)
+    ours = HeunSampler(DDPMObjective(SCHEDULE, prediction_type), sigmas=sigmas, timestep_spacing=spacing)
     ref = diffusers.HeunDiscreteScheduler(**ref_config(prediction_type), timestep_spacing=spacing,
                                           use_karras_sigmas=sigmas == "karras")
     ref.alphas_cumprod = SCHEDULE.alphas_cumprod.clone()
     ref.set_timesteps(steps)
-    levels = ours.timesteps(steps)
+    levels = ours.levels(steps)
     ref_levels = torch.cat([ref.sigmas[:1], ref.sigmas[1:-1:2]]).numpy()
     np.testing.assert_allclose(ref_levels, levels, rtol=2e-6)
     grid = torch.tensor(levels + [0.0], dtype=torch.float64)
@@ -137,7 +138,7 @@ def test_heun_matches_diffusers(prediction_type, steps, sigmas):
 @pytest.mark.parametrize("sigmas", ["karras", "default"])
 def test_dpmpp_2m_matches_diffusers(prediction_type, steps, sigmas):
     spacing = "trailing"
-    ours = DPMPP2MSampler(SCHEDULE, prediction_type, sigmas=sigmas, timestep_spacing=spacing)
+    ours = DPMPP2MSampler(DDPMObjective(SCHEDULE, prediction_type), sigmas=sigmas, timestep_spacing=spacing)
     ref = diffusers.DPMSolverMultistepScheduler(**ref_config(prediction_type), algorithm_type="dpmsolver++",
                                                 solver_order=2, timestep_spacing=spacing,
                                                 use_karras_sigmas=sigmas == "karras", final_sigmas_type="zero")
@@ -145,7 +146,7 @@ def test_dpmpp_2m_matches_diffusers(prediction_type, steps, sigmas):
     ref.alpha_t, ref.sigma_t = ref.alphas_cumprod.sqrt(), (1 - ref.alphas_cumprod).sqrt()
     ref.lambda_t = ref.alpha_t.log() - ref.sigma_t.log()
     ref.set_timesteps(steps)
-    levels = ours.timesteps(steps)
+    levels = ours.levels(steps)
     np.testing.assert_allclose(ref.sigmas[:-1].numpy(), levels, rtol=2e-6)
     ref.sigmas = torch.tensor(levels + [0.0], dtype=torch.float64)
     x = start()
@@ -159,10 +160,10 @@ def test_dpmpp_2m_matches_diffusers(prediction_type, steps, sigmas):
 @pytest.mark.parametrize("steps", [5, 25])
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_flow_euler_matches_diffusers(steps, shift):
-    ours = FlowEulerSampler(objective=FlowObjective(shift=shift))
+    ours = FlowEulerSampler(FlowObjective(shift=shift))
     ref = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     ref.set_timesteps(steps)
-    levels = ours.timesteps(steps)
+    levels = ours.levels(steps)
     if shift == 1.0:  # diffusers shifts its smallest time twice (in __init__ and set_timesteps); with shift 1 the grids agree
         np.testing.assert_allclose(ref.sigmas[:-1].numpy(), levels, rtol=2e-6)
     ref.sigmas = torch.tensor(levels + [0.0], dtype=torch.float64)
@@ -174,10 +175,10 @@ def test_flow_euler_matches_diffusers(steps, shift):
 
 @pytest.mark.parametrize("steps", [5, 25])
 def test_flow_heun_matches_diffusers(steps):
-    ours = FlowHeunSampler(objective=FlowObjective(shift=1.0))
+    ours = FlowHeunSampler(FlowObjective(shift=1.0))
     ref = diffusers.FlowMatchHeunDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     ref.set_timesteps(steps)
-    levels = ours.timesteps(steps)
+    levels = ours.levels(steps)
     np.testing.assert_allclose(torch.cat([ref.sigmas[:1], ref.sigmas[1:-1:2]]).numpy(), levels, rtol=2e-6)
     grid = torch.tensor(levels + [0.0], dtype=torch.float64)  # hand it our float64 grid, interleaved as its own
     ref.sigmas = torch.cat([grid[:1], grid[1:-1].repeat_interleave(2), grid[-1:]])

@@ -1,12 +1,16 @@
-"""DDPM and DDIM: step-for-step parity with diffusers, and closed forms they must reproduce."""
+"""DDPM and DDIM: step-for-step parity with diffusers, and closed forms they must reproduce.
+
+Each step is driven the way the sampling loop drives it: `step(denoise, x_t, t, t_prev, memory, noise)` with a
+`denoise` that returns the model output under test."""
 
 import numpy as np
 import pytest
 import torch
 
 from diffusion.errors import UserError
-from diffusion.samplers import DDIMScheduler, DDPMScheduler
 from diffusion.noise_schedules import NoiseSchedule
+from diffusion.objectives import DDPMObjective
+from diffusion.samplers import DDIMSampler, DDPMSampler
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -15,8 +19,13 @@ REF_BETAS = {"linear": ("linear", 1e-4, 0.02), "scaled_linear": ("scaled_linear"
              "cosine": ("squaredcos_cap_v2", 1e-4, 0.02)}
 
 
+def step(sampler, model_output, t, t_prev, x_t, noise=None):
+    """One sampler step with the network output given."""
+    return sampler.step(lambda x, level: model_output, x_t, t, t_prev, {}, noise=noise)
+
+
 def make_pair(kind, name="linear", prediction_type="epsilon", spacing="leading", zero_terminal_snr=False,
-              clip_sample=False, variance_type="fixed_small", float64_reference=True):
+              clip_sample=False, variance_type="fixed_small", float64_reference=True, eta=0.0):
     """Our scheduler and diffusers' configured alike; optionally hand diffusers our float64 alpha-bars."""
     schedule = NoiseSchedule.from_name(name, 1000, zero_terminal_snr=zero_terminal_snr)
     beta_schedule, beta_start, beta_end = REF_BETAS[name]
@@ -24,12 +33,13 @@ def make_pair(kind, name="linear", prediction_type="epsilon", spacing="leading",
                   prediction_type=REF_PREDICTION[prediction_type], timestep_spacing=spacing,
                   rescale_betas_zero_snr=zero_terminal_snr, clip_sample=clip_sample)
     if kind == "ddim":
-        ours = DDIMSampler(schedule, prediction_type=prediction_type, timestep_spacing=spacing, clip_sample=clip_sample)
-        ref = diffusers.DDIMSampler(**common, set_alpha_to_one=True)
+        ours = DDIMSampler(DDPMObjective(schedule, prediction_type), timestep_spacing=spacing, clip_sample=clip_sample,
+                           eta=eta)
+        ref = diffusers.DDIMScheduler(**common, set_alpha_to_one=True)
     else:
-        ours = DDPMSampler(schedule, prediction_type=prediction_type, timestep_spacing=spacing,
-                             clip_sample=clip_sample, variance_type=variance_type)
-        ref = diffusers.DDPMSampler(**common, variance_type=variance_type)
+        ours = DDPMSampler(DDPMObjective(schedule, prediction_type), timestep_spacing=spacing,
+                           clip_sample=clip_sample, variance_type=variance_type)
+        ref = diffusers.DDPMScheduler(**common, variance_type=variance_type)
     if float64_reference:
         ref.alphas_cumprod = schedule.alphas_cumprod.clone()
         ref.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
@@ -43,7 +53,7 @@ def make_pair(kind, name="linear", prediction_type="epsilon", spacing="leading",
 def test_timesteps_match_set_timesteps(kind, spacing, n):
     ours, ref = make_pair(kind, spacing=spacing)
     ref.set_timesteps(n)
-    assert ours.timesteps(n) == ref.timesteps.tolist()
+    assert ours.levels(n) == ref.timesteps.tolist()
 
 
 def ddim_trajectory_inputs(dtype, seed=0):
@@ -62,7 +72,7 @@ DDIM_CASES = [(p, spacing, ztsnr) for p in ["epsilon", "v", "x0"]
 @pytest.mark.parametrize("float64_reference", [True, False])
 def test_ddim_steps_match_diffusers(prediction_type, eta, spacing, zero_terminal_snr, float64_reference):
     ours, ref = make_pair("ddim", "scaled_linear", prediction_type, spacing, zero_terminal_snr,
-                          float64_reference=float64_reference)
+                          float64_reference=float64_reference, eta=eta)
     dtype = torch.float64 if float64_reference else torch.float32
     draw = ddim_trajectory_inputs(dtype)
     ref.set_timesteps(20)
@@ -70,7 +80,7 @@ def test_ddim_steps_match_diffusers(prediction_type, eta, spacing, zero_terminal
         t_prev = t - 1000 // 20  # diffusers' DDIM steps back by T // n, whatever the grid
         x_t, model_output, noise = draw(), draw(), draw()
         expected = ref.step(model_output, t, x_t, eta=eta, variance_noise=noise)
-        got = ours.step(model_output, t, max(t_prev, -1), x_t, eta=eta, noise=noise)
+        got = step(ours, model_output, t, max(t_prev, -1), x_t, noise=noise)
         if float64_reference:
             tol = dict(atol=1e-10, rtol=1e-10)
         else:  # float32 alpha-bars as shipped: x0 = x_t / sqrt(a) amplifies their rounding near t = 0
@@ -101,8 +111,8 @@ def test_ddpm_steps_match_diffusers(prediction_type, variance_type, spacing, flo
     draw = ddim_trajectory_inputs(dtype)
     ref.set_timesteps(25)
     grid = ref.timesteps.tolist()
-    assert grid == ours.timesteps(25)
-    for t, t_prev in zip(grid, ours.previous_timesteps(grid)):
+    assert grid == ours.levels(25)
+    for t, t_prev in zip(grid, ours.following(grid)):
         if t_prev < 0 and t > 0:
             continue  # diffusers adds noise whenever t > 0; we never add noise on the final step
         x_t, model_output = draw(), draw()
@@ -110,7 +120,7 @@ def test_ddpm_steps_match_diffusers(prediction_type, variance_type, spacing, flo
         expected = ref.step(model_output, t, x_t, generator=torch.Generator().manual_seed(seed))
         # diffusers draws its noise as torch.randn(shape, generator) on the CPU: the same draw
         noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-        got = ours.step(model_output, t, t_prev, x_t, noise=noise)
+        got = step(ours, model_output, t, t_prev, x_t, noise=noise)
         tol = dict(atol=1e-10, rtol=1e-10) if float64_reference else dict(atol=2e-3 if prediction_type == "x0" else 1e-4, rtol=1e-4)
         torch.testing.assert_close(got.prev_sample, expected.prev_sample, **tol)
         torch.testing.assert_close(got.pred_x0, expected.pred_original_sample, **tol)
@@ -125,11 +135,11 @@ def test_clip_sample_matches_diffusers(kind):
         x_t, model_output = draw() * 3, draw()
         if kind == "ddim":  # we recompute eps from the clipped x0: diffusers' use_clipped_model_output
             expected = ref.step(model_output, t, x_t, eta=0.0, use_clipped_model_output=True)
-            got = ours.step(model_output, t, t - 100, x_t)
+            got = step(ours, model_output, t, t - 100, x_t)
         else:
             expected = ref.step(model_output, t, x_t, generator=torch.Generator().manual_seed(t))
-            got = ours.step(model_output, t, t - 100, x_t,
-                            noise=torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64))
+            got = step(ours, model_output, t, t - 100, x_t,
+                       noise=torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64))
         assert got.pred_x0.abs().max() <= 1.0
         torch.testing.assert_close(got.prev_sample, expected.prev_sample, atol=1e-10, rtol=1e-10)
 
@@ -140,15 +150,15 @@ def test_clip_sample_matches_diffusers(kind):
 def test_ddpm_posterior_matches_bayes_rule():
     """q(x_{t-1} | x_t, x0) from the product of q(x_{t-1} | x0) and q(x_t | x_{t-1}), solved independently."""
     s = NoiseSchedule.from_name("cosine")
-    ddpm = DDPMSampler(s, prediction_type="x0")
+    ddpm = DDPMSampler(DDPMObjective(s, "x0"))
     x0, x_t = torch.tensor([0.3, -1.2], dtype=torch.float64), torch.tensor([1.1, 0.4], dtype=torch.float64)
     for t in [1, 10, 400, 999]:
         a_prev, beta = float(s.alphas_cumprod[t - 1]), float(s.betas[t])
         precision = 1 / (1 - a_prev) + (1 - beta) / beta
         mean = (a_prev**0.5 * x0 / (1 - a_prev) + (1 - beta) ** 0.5 * x_t / beta) / precision
         zero, one = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
-        got_mean = ddpm.step(x0, t, t - 1, x_t, noise=zero).prev_sample
-        got_std = ddpm.step(x0, t, t - 1, x_t, noise=one).prev_sample - got_mean
+        got_mean = step(ddpm, x0, t, t - 1, x_t, noise=zero).prev_sample
+        got_std = step(ddpm, x0, t, t - 1, x_t, noise=one).prev_sample - got_mean
         torch.testing.assert_close(got_mean, mean, atol=1e-12, rtol=1e-10)
         torch.testing.assert_close(got_std, torch.full((2,), (1 / precision) ** 0.5, dtype=torch.float64), rtol=1e-8, atol=0)
 
@@ -157,15 +167,16 @@ def test_ddpm_posterior_matches_bayes_rule():
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 def test_ddim_with_a_perfect_denoiser_lands_on_the_single_training_point(prediction_type, spacing):
     s = NoiseSchedule.from_name("linear")
-    ddim = DDIMSampler(s, prediction_type=prediction_type, timestep_spacing=spacing)
+    objective = DDPMObjective(s, prediction_type)
+    ddim = DDIMSampler(objective, timestep_spacing=spacing)
     gen = torch.Generator().manual_seed(0)
     point = torch.randn(1, 3, 4, 4, generator=gen, dtype=torch.float64)
     x = torch.randn(5, 3, 4, 4, generator=gen, dtype=torch.float64) * 3  # any start
-    grid = ddim.timesteps(10)
-    for t, t_prev in zip(grid, ddim.previous_timesteps(grid)):
+    grid = ddim.levels(10)
+    for t, t_prev in zip(grid, ddim.following(grid)):
         a = float(s.alphas_cumprod[t])
         eps = (x - a**0.5 * point) / (1 - a) ** 0.5  # the noise that x_t must hold if x0 = point
-        x = ddim.step(s.from_x0_eps(prediction_type, point.expand_as(x), eps, t), t, t_prev, x).prev_sample
+        x = step(ddim, objective.from_x0_eps(point.expand_as(x), eps, t), t, t_prev, x).prev_sample
     torch.testing.assert_close(x, point.expand_as(x), atol=1e-9, rtol=0)
 
 
@@ -179,13 +190,13 @@ def gaussian_optimal_eps(s: NoiseSchedule, mu: float, std: float):
 
 def sample_gaussian(kind, steps, mu, std, n, seed=0):
     s = NoiseSchedule.from_name("linear")
-    sampler = (DDPMScheduler if kind == "ddpm" else DDIMScheduler)(s, timestep_spacing="leading")
+    sampler = (DDPMSampler if kind == "ddpm" else DDIMSampler)(DDPMObjective(s), timestep_spacing="leading")
     predict = gaussian_optimal_eps(s, mu, std)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, generator=gen, dtype=torch.float64)
-    grid = sampler.timesteps(steps)
-    for t, t_prev in zip(grid, sampler.previous_timesteps(grid)):
-        x = sampler.step(predict(x, t), t, t_prev, x, noise=torch.randn(n, generator=gen, dtype=torch.float64)).prev_sample
+    grid = sampler.levels(steps)
+    for t, t_prev in zip(grid, sampler.following(grid)):
+        x = sampler.step(predict, x, t, t_prev, {}, noise=torch.randn(n, generator=gen, dtype=torch.float64)).prev_sample
     return x.mean().item(), x.std().item()
 
 
@@ -214,11 +225,11 @@ def test_ddim_50_steps_reproduces_gaussian_data():
 
 def test_img2img_keeps_the_tail_and_noises_to_its_first_step():
     s = NoiseSchedule.from_name("linear")
-    ddim = DDIMSampler(s, timestep_spacing="leading")
-    assert ddim.img2img_timesteps(50, 1.0) == ddim.timesteps(50)
-    tail = ddim.img2img_timesteps(50, 0.6)
-    assert len(tail) == 30 and tail == ddim.timesteps(50)[20:]
-    assert len(ddim.img2img_timesteps(50, 0.001)) == 1  # any strength > 0 runs at least one step
+    ddim = DDIMSampler(DDPMObjective(s), timestep_spacing="leading")
+    assert ddim.img2img_levels(50, 1.0) == ddim.levels(50)
+    tail = ddim.img2img_levels(50, 0.6)
+    assert len(tail) == 30 and tail == ddim.levels(50)[20:]
+    assert len(ddim.img2img_levels(50, 0.001)) == 1  # any strength > 0 runs at least one step
     x0, noise = torch.ones(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)
     a = float(s.alphas_cumprod[tail[0]])
     torch.testing.assert_close(ddim.img2img_start(x0, noise, tail), torch.full_like(x0, a**0.5))
@@ -226,18 +237,21 @@ def test_img2img_keeps_the_tail_and_noises_to_its_first_step():
 
 def test_bad_arguments():
     s = NoiseSchedule.from_name("linear")
-    ddim = DDIMSampler(s)
+    ddim = DDIMSampler(DDPMObjective(s))
     for bad in [0, -3, 1001]:
         with pytest.raises(UserError, match=rf"steps must be an integer in \[1, 1000\], got {bad}"):
-            ddim.timesteps(bad)
+            ddim.levels(bad)
     for bad in [0, -0.1, 1.5]:
         with pytest.raises(UserError, match=rf"strength must be in \(0, 1\], got {bad}"):
-            ddim.img2img_timesteps(10, bad)
+            ddim.img2img_levels(10, bad)
     with pytest.raises(UserError, match="unknown prediction type 'sample'; choose one of: epsilon, v, x0"):
-        DDIMSampler(s, prediction_type="sample")
+        DDPMObjective(s, prediction_type="sample")
     with pytest.raises(UserError, match="unknown timestep spacing 'even'"):
-        DDIMSampler(s, timestep_spacing="even")
+        DDIMSampler(DDPMObjective(s), timestep_spacing="even")
     with pytest.raises(UserError, match="unknown variance type 'learned'"):
-        DDPMSampler(s, variance_type="learned")
+        DDPMSampler(DDPMObjective(s), variance_type="learned")
+    for bad in [-0.1, 1.5, "a"]:
+        with pytest.raises(UserError, match="eta must be a number in"):
+            DDIMSampler(DDPMObjective(s), eta=bad)
     with pytest.raises(UserError, match="zero-terminal-SNR schedule needs prediction_type v or x0"):
-        DDIMSampler(NoiseSchedule.from_name("linear", zero_terminal_snr=True), prediction_type="epsilon")
+        DDPMObjective(NoiseSchedule.from_name("linear", zero_terminal_snr=True), prediction_type="epsilon")

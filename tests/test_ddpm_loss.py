@@ -1,11 +1,17 @@
-"""Loss weights against Hang et al. 2023's formula, and the objectives' equivalence up to weights."""
+"""The DDPM objective's loss: weights against Hang et al. 2023's formula, and the parameterisations' equivalence
+up to weights."""
 
 import pytest
 import torch
 
 from diffusion.errors import UserError
-from diffusion.losses import diffusion_loss, loss_weight
 from diffusion.noise_schedules import NoiseSchedule
+from diffusion.objectives import DDPMObjective
+from diffusion.objectives.weighting import loss_weight
+
+
+def diffusion_loss(output, x0, eps, t, schedule, prediction_type, weighting="uniform", gamma=5.0):
+    return DDPMObjective(schedule, prediction_type, weighting, gamma).loss(output, x0, eps, None, t)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v", "x0"])
@@ -34,7 +40,7 @@ def test_objectives_are_one_loss_up_to_the_snr_factor():
     x0_loss = ((wrong_x0 - x0) ** 2).flatten(1).mean(1)
     snr = s.snr(t)
     for prediction_type, factor in [("epsilon", snr), ("v", snr + 1), ("x0", torch.ones_like(snr))]:
-        output = s.from_x0_eps(prediction_type, wrong_x0, wrong_eps, t)
+        output = DDPMObjective(s, prediction_type).from_x0_eps(wrong_x0, wrong_eps, t)
         loss = diffusion_loss(output, x0, eps, t, s, prediction_type).double()
         torch.testing.assert_close(loss, factor * x0_loss, rtol=1e-5, atol=1e-9)
         # min-SNR makes every objective weigh x0 errors by min(SNR, gamma)
@@ -48,7 +54,7 @@ def test_objectives_are_one_loss_up_to_the_snr_factor():
 def test_perfect_prediction_has_zero_loss_and_shape_is_per_example():
     s = NoiseSchedule.from_name("cosine")
     x0, eps, t = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8), torch.randint(0, 1000, (4,))
-    loss = diffusion_loss(s.velocity(x0, eps, t), x0, eps, t, s, "v")
+    loss = diffusion_loss(DDPMObjective(s, "v").target(x0, eps, t), x0, eps, t, s, "v")
     assert loss.shape == (4,) and loss.abs().max() < 1e-10
 
 
