@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion.config import build, build_scheduler
-from diffusion.model import build_diffusion_model
-from diffusion.noise_schedules import NoiseSchedule
 from diffusion import checkpoint as ckpt
+from diffusion.config import build, build_sampler, objective_for
+from diffusion.model import build_diffusion_model
 from diffusion.training.data import build_dataset, data_info
 from fixtures import make_cifar10, make_cub, make_image_folder, make_mnist
 from tiny import CONF, run_script, tiny_train_cfg
 
 OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-           for group in ("dataset", "model", "text", "schedule", "sampler", "optim", "trainer", "logger", "vae", "experiment")}
+           for group in ("dataset", "model", "text", "schedule", "sampler", "objective", "optim", "trainer", "logger", "vae",
+                         "experiment")}
 
 
 @pytest.fixture(autouse=True)
@@ -57,21 +57,19 @@ def test_every_dataset_option_builds_a_dataset_that_follows_the_contract(option,
     assert data_info(dataset)["resolution"] == 16
 
 
-@pytest.mark.parametrize("group", ["model", "text", "schedule", "sampler", "optim", "trainer", "logger", "vae", "experiment"])
+@pytest.mark.parametrize("group", ["model", "text", "schedule", "sampler", "objective", "optim", "trainer", "logger", "vae",
+                                   "experiment"])
 def test_every_option_of_every_group_composes_and_builds(group, tmp_path):
     for option in OPTIONS[group]:
         extra = ["model.base_channels=8"] if group == "model" and option.startswith("unet") else []
         if group == "model" and option.startswith("dit") and option != "dit_tiny":  # class-conditional DiTs
             extra = ["text=none", "model.depth=1"]
-        cfg = tiny_train_cfg(tmp_path, f"{group}={option}", *extra)
-        schedule = NoiseSchedule.from_name(**cfg.schedule)
-        prediction = "v" if schedule.zero_terminal_snr else cfg.diffusion.prediction_type
         if group == "sampler" and option.startswith("flow_"):
-            from diffusion.objectives import FlowObjective
-
-            build_scheduler(cfg.sampler, schedule, prediction, objective=FlowObjective())
-        else:
-            build_scheduler(cfg.sampler, schedule, prediction)
+            extra = ["objective=flow"]  # a flow sampler samples a flow model
+        cfg = tiny_train_cfg(tmp_path, f"{group}={option}", *extra)
+        sampler = build_sampler(cfg.sampler, objective_for(cfg))
+        if group == "objective":  # each objective brings its own sampler (conf/objective/*.yaml)
+            assert sampler.name == {"ddpm": "ddim", "flow": "flow_euler", "edm": "heun"}[option]
         if cfg.text.get("_target_") is None or group in ("model", "text"):
             shape = [3, 16, 16]
             model = build_diffusion_model(cfg, {"shape": shape}, ["<pad>", "<bos>", "<eos>", "<unk>", "bird"])

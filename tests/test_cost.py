@@ -113,15 +113,14 @@ def test_a_run_records_its_cost_in_metrics_checkpoint_and_closing_line(tmp_path,
 def test_training_flops_are_about_three_forwards(tmp_path):
     """Backward costs about twice the forward (gradients of inputs and of weights): the counted training
     step of a UNet without a text encoder lands near 3x one forward pass."""
+    from diffusion.config import objective_for
     from diffusion.model import build_diffusion_model
-    from diffusion.objectives import objective_for
-    from diffusion.noise_schedules import NoiseSchedule
     from diffusion.training.loop import training_flops_per_image
 
     cfg = tiny_train_cfg(tmp_path, "text=none")
     info = {"shape": [3, 16, 16], "resolution": 16, "channels": 3, "num_classes": None}
     model = build_diffusion_model(cfg, info, None)
-    objective = objective_for(cfg, NoiseSchedule.from_name(**cfg.schedule))
+    objective = objective_for(cfg)
     dataset = [{"text": "", "label": 0}]
     train_flops = training_flops_per_image(model, objective, cfg, dataset, info, torch.device("cpu"),
                                            torch.contiguous_format)

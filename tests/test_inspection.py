@@ -12,12 +12,12 @@ from diffusion.tools.workbench import load_model
 
 def test_trajectory_recorder_keeps_every_step_with_its_shapes(tiny_checkpoint, tmp_path):
     loaded = load_model(tiny_checkpoint)
-    scheduler = loaded.scheduler()
+    sampler = loaded.sampler()
     recorder = TrajectoryRecorder()
-    images = generate_images(loaded.model, scheduler, ["a red bird", "a blue duck on water"], [0, 1], shape=(3, 16, 16),
+    images = generate_images(loaded.model, sampler, ["a red bird", "a blue duck on water"], [0, 1], shape=(3, 16, 16),
                              steps=6, guidance_scale=2.0, callback=recorder)
     assert len(recorder) == 6
-    assert recorder.timesteps == scheduler.timesteps(6)
+    assert recorder.timesteps == sampler.levels(6)
     for name in ("x_t", "pred_x0", "pred_eps"):
         assert recorder.stacked(name).shape == (6, 2, 3, 16, 16)
     # the sampler's last step lands on x0 = its own prediction (t_prev = -1)
@@ -27,7 +27,7 @@ def test_trajectory_recorder_keeps_every_step_with_its_shapes(tiny_checkpoint, t
     assert path.is_file() and path.stat().st_size > 1000
 
     only_first = TrajectoryRecorder(images=[0])
-    generate_images(loaded.model, scheduler, ["a red bird", "a blue duck"], [0, 1], shape=(3, 16, 16), steps=3,
+    generate_images(loaded.model, sampler, ["a red bird", "a blue duck"], [0, 1], shape=(3, 16, 16), steps=3,
                     callback=only_first)
     assert only_first.stacked("x_t").shape == (3, 1, 3, 16, 16)
 
@@ -67,7 +67,7 @@ def test_padding_tokens_get_no_attention_and_layers_average_at_any_resolution():
 def test_attention_recorder_keeps_the_conditional_half_of_every_guided_step(tiny_checkpoint):
     loaded = load_model(tiny_checkpoint)
     with AttentionRecorder(loaded.model) as attention:
-        generate_images(loaded.model, loaded.scheduler(), ["a red owl"], [0], shape=(3, 16, 16), steps=4,
+        generate_images(loaded.model, loaded.sampler(), ["a red owl"], [0], shape=(3, 16, 16), steps=4,
                         guidance_scale=3.0, callback=attention)
     assert len(attention.steps) == 4
     t, maps = attention.steps[0]

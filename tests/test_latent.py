@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion import latent_space
+from diffusion.spaces import latents as latent_space
 from diffusion.errors import UserError
 from diffusion.sampling import generate
 from diffusion import checkpoint as ckpt
@@ -130,17 +130,16 @@ def test_latent_sampling_never_clamps_latents_to_the_pixel_range(latent_run):
     from diffusion.model import load_model
 
     loaded = load_model(latent_run["first"])
-    scheduler = loaded.scheduler()
-    assert loaded.space.bounded is False and scheduler.clip_sample is False
+    sampler = loaded.sampler()
+    assert loaded.space.bounded is False and sampler.clip_sample is False
     x_t = 3 * torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    t = int(scheduler.timesteps(10)[-1])  # the last step: pred_x0 is x_t itself, nearly
-    step = scheduler.step(torch.zeros_like(x_t), t, -1, x_t)
+    t = int(sampler.levels(10)[-1])  # the last step: pred_x0 is x_t itself, nearly
+    step = sampler.step(lambda x, level: torch.zeros_like(x), x_t, t, -1, {})
     assert step.pred_x0.abs().max() > 2
     pixel = tiny_train_cfg(latent_run["root"] / "pixel")  # the same sampler config in pixel space clamps
-    from diffusion.config import build_scheduler
-    from diffusion.noise_schedules import NoiseSchedule
+    from diffusion.config import build_sampler, objective_for
 
-    assert build_scheduler(pixel.sampler, NoiseSchedule.from_name(**pixel.schedule), "v").clip_sample is True
+    assert build_sampler(pixel.sampler, objective_for(pixel)).clip_sample is True
 
 
 def test_sampling_refuses_the_wrong_autoencoder(latent_run, tmp_path):

@@ -183,18 +183,20 @@ def test_euler_is_ddim_in_sigma():
 
 
 def test_flow_and_edm_train_and_sample_from_the_command_line(tmp_path):
-    """`train.py diffusion.objective=flow` then `sample.py sampler=flow_euler steps=...`, as a user runs them
-    (and EDM with its default heun); each checkpoint records its objective and refuses DDIM."""
+    """`train.py objective=flow` then `sample.py sampler=flow_euler steps=...`, as a user runs them (and EDM with
+    its default heun); each checkpoint records its objective and its objective's own sampler, and refuses DDIM."""
+    from diffusion.checkpoint import load_checkpoint
     from diffusion.data.images import read_png_metadata
     from tiny import TINY_TRAIN, run_script
 
     for objective, sampler in (("flow", "flow_euler"), ("edm", "heun")):
         run = tmp_path / objective
-        trained = run_script("train.py", *TINY_TRAIN, f"diffusion.objective={objective}", f"hydra.run.dir={run}",
+        trained = run_script("train.py", *TINY_TRAIN, f"objective={objective}", f"hydra.run.dir={run}",
                              f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path)
         assert trained.returncode == 0, trained.stderr[-2000:]
-        assert f"use sampler={sampler}" in trained.stdout
         ckpt = run / "checkpoints" / "last.ckpt"
+        stored = load_checkpoint(ckpt)["config"]
+        assert f"_target_: diffusion.samplers.{'FlowEulerSampler' if objective == 'flow' else 'HeunSampler'}" in stored
         drawn = run_script("sample.py", f"ckpt={ckpt}", "prompt=a red bird", f"sampler={sampler}", "steps=3",
                            "num_images=2", f"out_dir={tmp_path / (objective + '_out')}", "device=cpu", cwd=tmp_path)
         assert drawn.returncode == 0, drawn.stderr[-2000:]
@@ -214,12 +216,12 @@ def test_inpainting_keeps_the_known_region_exactly(tiny_checkpoint, sampler):
 
     loaded = load_model(tiny_checkpoint)
     node = OmegaConf.load(f"conf/sampler/{sampler}.yaml")
-    scheduler = loaded.scheduler(node)
+    sampler = loaded.sampler(node)
     shape = tuple(loaded.payload["data"]["shape"])
     init = torch.linspace(-0.8, 0.8, math.prod(shape)).reshape(shape)
     mask = torch.zeros(1, *shape[1:])
     mask[..., : shape[2] // 2] = 1  # repaint the left half
-    images = generate_images(loaded.model, scheduler, ["a red bird"] * 2, [0, 1], shape=shape, steps=4,
+    images = generate_images(loaded.model, sampler, ["a red bird"] * 2, [0, 1], shape=shape, steps=4,
                              guidance_scale=2.0, init=init, strength=1.0, mask=mask)
     keep = mask.expand(2, *shape) == 0
     torch.testing.assert_close(images[keep], init.expand(2, *shape)[keep], atol=1e-6, rtol=0)

@@ -84,19 +84,18 @@ def generate(loaded, prompts: list[str], seeds: list[int], *, steps: int | None 
     """Generate one image per (prompt, seed) in batches: yields (indices, images [B, 3, H, W] in [-1, 1] on the CPU).
     `on_batch(indices, images)` is called too, when given; into `cost`, when given, go the generation's FLOPs,
     images, seconds and joules (summed over batches) and the energy figure's source."""
-    scheduler = loaded.scheduler(sampler_cfg)
+    sampler = loaded.sampler(sampler_cfg, eta=eta)
     sampler_cfg = sampler_cfg or loaded.config.sampler
     steps = int(steps or sampler_cfg.steps)
-    eta = float(eta if eta is not None else (sampler_cfg.get("eta") or 0.0))
-    shape = tuple(loaded.payload["data"]["shape"])
+    shape = loaded.shape
     starts = range(0, len(prompts), batch_size)
     meter = EnergyMeter(device)
     for first in tqdm(starts, desc="generating", unit="batch", disable=not progress, dynamic_ncols=True):
         indices = list(range(first, min(first + batch_size, len(prompts))))
         tally = FlopTally(enabled=cost is not None)
         meter.start()
-        images = generate_images(loaded.model, scheduler, [prompts[i] for i in indices], [seeds[i] for i in indices],
-                                 shape=shape, steps=steps, eta=eta, guidance_scale=guidance_scale,
+        images = generate_images(loaded.model, sampler, [prompts[i] for i in indices], [seeds[i] for i in indices],
+                                 shape=shape, steps=steps, guidance_scale=guidance_scale,
                                  negative_prompt=negative_prompt, decode=loaded.space.decode, device=device,
                                  tally=tally).cpu()
         if cost is not None:  # .cpu() above waited for the device

@@ -77,7 +77,7 @@ def main() -> None:
     inits, before, after, prompts = recoloured_prompts(n, resolution)
     extractor = ctx.extractor(resolution)
     init_features = extractor(inits)
-    scheduler = loaded.scheduler()
+    sampler = loaded.sampler()
     shape = tuple(loaded.payload["data"]["shape"])
 
     from diffusion.pipeline import generate_images
@@ -88,7 +88,7 @@ def main() -> None:
         for first in range(0, n, args.batch_size):
             chunk = slice(first, min(first + args.batch_size, n))
             outputs.append(generate_images(
-                loaded.model, scheduler, prompts[chunk], list(range(first, chunk.stop)), shape=shape, steps=steps,
+                loaded.model, sampler, prompts[chunk], list(range(first, chunk.stop)), shape=shape, steps=steps,
                 guidance_scale=3.0, init=loaded.space.encode(inits[chunk].to(ctx.device)), strength=strength,
                 decode=loaded.space.decode, device=ctx.device).cpu())
         images = torch.cat(outputs)
@@ -99,7 +99,7 @@ def main() -> None:
         old_colour = float(np.mean([r["body_colour"] == b["body_colour"] for r, b in zip(readings, before)]))
         kept = float(np.mean([r[k] == b[k] for r, b in zip(readings, before) for k in KEPT]))
         scores = adherence(readings, [parse_prompt(prompt) for prompt in prompts])  # what each new caption mentions
-        run_steps = len(scheduler.img2img_timesteps(steps, strength))
+        run_steps = len(sampler.img2img_levels(steps, strength))
         results.append({"strength": strength, "steps_run": run_steps, "rms_to_init": rms, "feature_distance": feature_distance,
                         "new_colour": new_colour, "old_colour": old_colour, "kept": kept,
                         "adherence_mean": mean_adherence(scores)})

@@ -28,7 +28,7 @@ def steps_for(sampler: str, nfe: int) -> int:
 
 def main() -> None:
     p = parser("samplers", __doc__.splitlines()[0], num=64, trains=False)
-    p.add_argument("--flow-ckpt", default=None, help="a diffusion.objective=flow checkpoint trained like --ckpt")
+    p.add_argument("--flow-ckpt", default=None, help="an objective=flow checkpoint trained like --ckpt")
     args = p.parse_args()
     args.out = args.out or Path(__file__).resolve().parent / "nfe"
     ctx = Context("samplers", args)
@@ -74,8 +74,8 @@ def main() -> None:
         ctx, "Samplers against NFE: DDIM, Euler, Heun, DPM-Solver++(2M), and a flow-matching model",
         "At a fixed number of network evaluations, which solver draws the most faithful birds, and how does a "
         "rectified-flow model trained with the same budget compare?",
-        f"Models: --ckpt {args.ckpt} (diffusion.objective=ddpm, the default v-prediction cosine model) and --flow-ckpt "
-        f"{args.flow_ckpt} (diffusion.objective=flow, logit-normal t, otherwise the same config and time budget). "
+        f"Models: --ckpt {args.ckpt} (objective=ddpm, the default v-prediction cosine model) and --flow-ckpt "
+        f"{args.flow_ckpt} (objective=flow, logit-normal t, otherwise the same config and time budget). "
         f"{n} captions, seed i for image i, guidance 3, pred_x0 clipped for the DDPM model's samplers. Heun's n steps "
         f"cost 2n - 1 NFE. Adherence: the probe's reading of the attributes each caption names; FID-by-probe against "
         f"{ctx.ref_num()} val-split renders (biased upward at small N: compare rows). Grid: 8 images at 10 NFE, one "

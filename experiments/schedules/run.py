@@ -18,8 +18,8 @@ from experiments.common import (Context, adherence, fid_by_probe, generate, mark
 
 # (label, overrides): everything else is the default config (min-SNR-5 loss weighting, DDIM 25 trailing)
 VARIANTS = [
-    ("linear, epsilon", ["schedule=linear", "diffusion.prediction_type=epsilon"]),
-    ("cosine, epsilon", ["diffusion.prediction_type=epsilon"]),
+    ("linear, epsilon", ["schedule=linear", "objective.prediction_type=epsilon"]),
+    ("cosine, epsilon", ["objective.prediction_type=epsilon"]),
     ("cosine, v (default)", []),
     ("scaled_linear, v", ["schedule=scaled_linear"]),
     ("scaled_linear, v, zero terminal SNR", ["schedule=scaled_linear", "experiment=zero_terminal_snr"]),
@@ -48,7 +48,7 @@ def main() -> None:
         images, seconds = generate(ctx, loaded, prompts, guidance_scale=3.0)
         scores = adherence(read_attributes(ctx, images, resolution), prompted)
         quality = fid_by_probe(ctx, images, resolution)
-        schedule = loaded.schedule
+        schedule = loaded.objective.schedule
         terminal = float(schedule.alpha_bar(schedule.num_timesteps - 1)) ** 0.5
         results.append({"variant": label, "overrides": overrides, "train_seconds": train_seconds,
                         "sqrt_alpha_bar_T": terminal, "adherence_mean": mean_adherence(scores), "adherence": scores,

@@ -89,10 +89,10 @@ def test_dit_trains_and_samples_as_a_drop_in_backbone(tmp_path):
     from tiny import tiny_train_cfg
 
     for objective in ("ddpm", "flow"):
-        ckpt = train(tiny_train_cfg(tmp_path / objective, "model=dit_tiny", f"diffusion.objective={objective}"))
+        ckpt = train(tiny_train_cfg(tmp_path / objective, "model=dit_tiny", f"objective={objective}"))
         loaded = load_model(ckpt)
         assert type(loaded.model.denoiser).__name__ == "DiT"
-        images = generate_images(loaded.model, loaded.scheduler(), ["a red bird"], [0], shape=(3, 16, 16), steps=2,
+        images = generate_images(loaded.model, loaded.sampler(), ["a red bird"], [0], shape=(3, 16, 16), steps=2,
                                  guidance_scale=2.0)
         assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
     with pytest.raises(UserError, match="split into 8x8 patches"):
