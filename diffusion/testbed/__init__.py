@@ -36,6 +36,7 @@ Tensors here are small: on a shared CPU, `torch.set_num_threads(1)` can make the
 This package imports only diffusion.objectives and diffusion.errors (and scipy for the ODE, matplotlib to plot).
 """
 
+from diffusion.testbed.exact_network import class_labels_of, ddpm_alpha_bar, exact_network, sigma_view_denoiser
 from diffusion.testbed.mixture import (GaussianMixture, denoiser, guided_denoiser, log_density, posterior_weights, sample,
                                        score)
 from diffusion.testbed.toy import random_mixture, toy_mixture_2d
@@ -43,4 +44,5 @@ from diffusion.testbed.toy import random_mixture, toy_mixture_2d
 __all__ = [
     "GaussianMixture", "log_density", "score", "posterior_weights", "denoiser", "guided_denoiser", "sample",
     "toy_mixture_2d", "random_mixture",
+    "exact_network", "class_labels_of", "ddpm_alpha_bar", "sigma_view_denoiser",
 ]
