@@ -37,12 +37,16 @@ This package imports only diffusion.objectives and diffusion.errors (and scipy f
 """
 
 from diffusion.testbed.exact_network import class_labels_of, ddpm_alpha_bar, exact_network, sigma_view_denoiser
+from diffusion.testbed.metrics import ModeCoverage, mean_log_density, mode_coverage, random_directions, sliced_wasserstein
 from diffusion.testbed.mixture import (GaussianMixture, denoiser, guided_denoiser, log_density, posterior_weights, sample,
                                        score)
+from diffusion.testbed.ode import exact_ode_solution, gaussian_flow, ode_endpoint_error, probability_flow_endpoint
 from diffusion.testbed.toy import random_mixture, toy_mixture_2d
 
 __all__ = [
     "GaussianMixture", "log_density", "score", "posterior_weights", "denoiser", "guided_denoiser", "sample",
     "toy_mixture_2d", "random_mixture",
     "exact_network", "class_labels_of", "ddpm_alpha_bar", "sigma_view_denoiser",
+    "sliced_wasserstein", "random_directions", "mean_log_density", "mode_coverage", "ModeCoverage",
+    "exact_ode_solution", "probability_flow_endpoint", "gaussian_flow", "ode_endpoint_error",
 ]
