@@ -41,6 +41,7 @@ from diffusion.testbed.metrics import ModeCoverage, mean_log_density, mode_cover
 from diffusion.testbed.mixture import (GaussianMixture, denoiser, guided_denoiser, log_density, posterior_weights, sample,
                                        score)
 from diffusion.testbed.ode import exact_ode_solution, gaussian_flow, ode_endpoint_error, probability_flow_endpoint
+from diffusion.testbed.plot import plot_fields
 from diffusion.testbed.toy import random_mixture, toy_mixture_2d
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "exact_network", "class_labels_of", "ddpm_alpha_bar", "sigma_view_denoiser",
     "sliced_wasserstein", "random_directions", "mean_log_density", "mode_coverage", "ModeCoverage",
     "exact_ode_solution", "probability_flow_endpoint", "gaussian_flow", "ode_endpoint_error",
+    "plot_fields",
 ]
