@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from diffusion.noise_schedules import NoiseSchedule
 from diffusion.objectives import DDPMObjective, EDMObjective, FlowObjective
 from diffusion.objectives.flow import shift_time
-from diffusion.samplers import (DDIMScheduler, DPMPP2MSampler, EulerSampler, FlowEulerSampler, FlowHeunSampler,
-                                  HeunSampler)
-from diffusion.noise_schedules import NoiseSchedule
+from diffusion.samplers import (DDIMSampler, DPMPP2MSampler, EulerSampler, FlowEulerSampler, FlowHeunSampler,
+                                HeunSampler, sample_loop)
 
 SCHEDULE = NoiseSchedule.from_name("cosine", 1000)
 
@@ -98,19 +98,20 @@ def perfect_denoiser(solver, target):
 
 
 SOLVERS = [
-    EulerSampler(SCHEDULE, "x0", sigmas="karras"), HeunSampler(SCHEDULE, "x0", sigmas="exponential"),
-    DPMPP2MSampler(SCHEDULE, "x0", sigmas="default"), EulerSampler(objective=EDMObjective()),
-    HeunSampler(objective=EDMObjective()), DPMPP2MSampler(objective=EDMObjective()),
-    FlowEulerSampler(objective=FlowObjective()), FlowHeunSampler(objective=FlowObjective(shift=3.0)),
+    EulerSampler(DDPMObjective(SCHEDULE, "x0"), sigmas="karras"),
+    HeunSampler(DDPMObjective(SCHEDULE, "x0"), sigmas="exponential"),
+    DPMPP2MSampler(DDPMObjective(SCHEDULE, "x0"), sigmas="default"), EulerSampler(EDMObjective()),
+    HeunSampler(EDMObjective()), DPMPP2MSampler(EDMObjective()),
+    FlowEulerSampler(FlowObjective()), FlowHeunSampler(FlowObjective(shift=3.0)),
 ]
 
 
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: repr(s)[:60])
 def test_every_solver_lands_on_a_single_training_point(solver):
     target = torch.linspace(-1, 1, 48, dtype=torch.float64).reshape(1, 3, 4, 4)
-    levels = solver.timesteps(7)
+    levels = solver.levels(7)
     noise = torch.randn(1, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    out = solver.run(perfect_denoiser(solver, target), levels, solver.prior(noise, levels), [])
+    out = sample_loop(solver, perfect_denoiser(solver, target), solver.prior(noise, levels), levels)
     torch.testing.assert_close(out, target, atol=1e-9, rtol=0)
 
 
@@ -132,15 +133,15 @@ def test_solvers_converge_at_their_order_to_the_exact_gaussian_flow(kind, order)
     """For data N(mu, std^2) the probability-flow ODE is solved in closed form,
     x(0) = mu + (x(sigma_max) - mu) std / sqrt(std^2 + sigma_max^2): doubling the steps must cut the
     error by 2^order (Euler first order; Heun and DPM-Solver++(2M) second order)."""
-    solver = kind(objective=EDMObjective())
+    solver = kind(EDMObjective())
     mu, std = 0.3, 0.4
     noise = torch.randn(2000, 1, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     errors = []
     for steps in (20, 40, 80):
-        levels = solver.timesteps(steps)
+        levels = solver.levels(steps)
         x = solver.prior(noise, levels)
         exact = mu + (x - mu) * std / math.sqrt(std**2 + levels[0] ** 2)
-        out = solver.run(gaussian_denoiser(solver, mu, std), levels, x, [])
+        out = sample_loop(solver, gaussian_denoiser(solver, mu, std), x, levels)
         errors.append(float((out - exact).abs().max()))
     ratios = [errors[i] / errors[i + 1] for i in range(2)]
     assert all(0.75 * 2**order < r < 1.6 * 2**order for r in ratios), (errors, ratios)
@@ -148,34 +149,34 @@ def test_solvers_converge_at_their_order_to_the_exact_gaussian_flow(kind, order)
 
 
 def test_grids():
-    euler = EulerSampler(SCHEDULE, "v", sigmas="karras", rho=7.0)
-    levels = np.array(euler.timesteps(10))
+    euler = EulerSampler(DDPMObjective(SCHEDULE, "v"), sigmas="karras", rho=7.0)
+    levels = np.array(euler.levels(10))
     lo, hi = euler.objective.sigma_range()
     assert levels[0] == pytest.approx(hi) and levels[-1] == pytest.approx(lo)
     ramp = levels ** (1 / 7)
     np.testing.assert_allclose(np.diff(ramp), np.diff(ramp)[0], rtol=1e-9)  # evenly spaced in sigma^(1/rho)
-    expo = np.array(EulerSampler(SCHEDULE, "v", sigmas="exponential").timesteps(10))
+    expo = np.array(EulerSampler(DDPMObjective(SCHEDULE, "v"), sigmas="exponential").levels(10))
     np.testing.assert_allclose(np.diff(np.log(expo)), np.diff(np.log(expo))[0], rtol=1e-9)
-    ddim_grid = DDIMSampler(SCHEDULE, "v", timestep_spacing="trailing").timesteps(10)
-    default = EulerSampler(SCHEDULE, "v", sigmas="default", timestep_spacing="trailing").timesteps(10)
+    ddim_grid = DDIMSampler(DDPMObjective(SCHEDULE, "v"), timestep_spacing="trailing").levels(10)
+    default = EulerSampler(DDPMObjective(SCHEDULE, "v"), sigmas="default", timestep_spacing="trailing").levels(10)
     assert [round(euler.objective.from_sigma(s)[0]) for s in default] == ddim_grid
-    edm_levels = HeunSampler(objective=EDMObjective()).timesteps(18)
+    edm_levels = HeunSampler(EDMObjective()).levels(18)
     assert edm_levels[0] == pytest.approx(80.0) and edm_levels[-1] == pytest.approx(0.002)
-    assert HeunSampler(objective=EDMObjective()).img2img_timesteps(10, 0.3) == HeunSampler(objective=EDMObjective()).timesteps(10)[7:]
+    assert HeunSampler(EDMObjective()).img2img_levels(10, 0.3) == HeunSampler(EDMObjective()).levels(10)[7:]
 
 
 def test_euler_is_ddim_in_sigma():
     """With the same network, Euler on the DDIM grid and DDIM (eta 0) give the same trajectory."""
-    ddim = DDIMSampler(SCHEDULE, "v", timestep_spacing="trailing")
-    euler = EulerSampler(SCHEDULE, "v", sigmas="default", timestep_spacing="trailing")
+    ddim = DDIMSampler(DDPMObjective(SCHEDULE, "v"), timestep_spacing="trailing")
+    euler = EulerSampler(DDPMObjective(SCHEDULE, "v"), sigmas="default", timestep_spacing="trailing")
     network = lambda x, t: 0.5 * x * math.cos(float(torch.as_tensor(t).double().round()) / 300)  # noqa: E731
     noise = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    grid = ddim.timesteps(8)
+    grid = ddim.levels(8)
     a = noise
-    for t, t_prev in zip(grid, ddim.previous_timesteps(grid)):  # DDIM's own step, in float64
-        a = ddim.step(network(a, t), t, t_prev, a).prev_sample
-    levels = euler.timesteps(8)
-    b = euler.run(network, levels, euler.prior(noise, levels), [])
+    for t, t_prev in zip(grid, ddim.following(grid)):  # DDIM's own step, in float64
+        a = ddim.step(network, a, t, t_prev, {}).prev_sample
+    levels = euler.levels(8)
+    b = sample_loop(euler, network, euler.prior(noise, levels), levels)
     torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
 
 
