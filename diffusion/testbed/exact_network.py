@@ -26,10 +26,8 @@ import torch
 
 from diffusion.errors import UserError
 from diffusion.objectives import DDPMObjective, EDMObjective, FlowObjective
+from diffusion.objectives.ddpm import MIN_ALPHA_BAR  # where a zero-terminal-SNR schedule reaches 0 (for interpolation)
 from diffusion.testbed.mixture import GaussianMixture, denoiser
-
-# alpha-bar used for interpolation where a zero-terminal-SNR schedule reaches 0 (as DDPMObjective.alpha_bar does)
-MIN_ALPHA_BAR = 2.0**-24
 
 Network = Callable[..., torch.Tensor]  # (x_in [B, d], time, cond=None) -> raw output [B, d]
 

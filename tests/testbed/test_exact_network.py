@@ -8,7 +8,7 @@ import torch
 
 from diffusion.errors import UserError
 from diffusion.objectives import DDPMObjective, EDMObjective, FlowObjective
-from diffusion.schedules import NoiseSchedule
+from diffusion.noise_schedules import NoiseSchedule
 from diffusion.testbed import class_labels_of, denoiser, exact_network, random_mixture, sample, toy_mixture_2d
 
 TOY = toy_mixture_2d()
