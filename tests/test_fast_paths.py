@@ -222,7 +222,7 @@ def test_the_training_loop_reads_the_loss_only_at_log_steps(tmp_path, monkeypatc
 
         def read(self, *args):
             frame = sys._getframe(1)
-            if frame.f_code.co_filename == loop.__file__ and frame.f_code.co_name == "train_diffusion":
+            if frame.f_code.co_filename == loop.__file__ and frame.f_code.co_name == "train_denoiser":
                 reads.append((name, frame.f_lineno))
             return original(self, *args)
 
@@ -239,13 +239,13 @@ def test_the_training_loop_reads_the_loss_only_at_log_steps(tmp_path, monkeypatc
 
 @pytest.mark.gpu
 def test_no_host_device_sync_inside_a_training_step(tmp_path):
-    """The loop's step body (micro-batch loss with text encoding, backward, clipping, fused AdamW, EMA) runs
-    under torch.cuda.set_sync_debug_mode('error'): any synchronising call raises."""
-    from diffusion.spaces import PixelSpace
+    """The loop's step body (`train_step`: micro-batch loss with text encoding, backward, clipping, fused AdamW,
+    EMA) runs under torch.cuda.set_sync_debug_mode('error'): any synchronising call raises."""
+    from diffusion.config import objective_for
     from diffusion.model import build_diffusion_model
-    from diffusion.noise_schedules import NoiseSchedule
+    from diffusion.spaces import PixelSpace
     from diffusion.training.data import batch_stream, build_dataset, data_info
-    from diffusion.training.loop import micro_batch_loss
+    from diffusion.training.loop import train_step
     from diffusion.training.runtime import Processes
     from models.text_encoder import Tokenizer
     from tiny import tiny_train_cfg
@@ -258,18 +258,11 @@ def test_no_host_device_sync_inside_a_training_step(tmp_path):
     model = build_diffusion_model(cfg, info, vocabulary).to(device, memory_format=torch.channels_last)
     ema = EMA(model, 0.999)
     optimizer = make_optimizer(model.parameters(), cfg.optim, device)
-    schedule = NoiseSchedule.from_name(**cfg.schedule)
     stream = batch_stream(dataset, 4, 0, 0, 0, 1, 0, True)
-    batches = [next(stream) for _ in range(2)]
 
     def step(index):
-        loss = micro_batch_loss(model, batches[index], schedule, cfg, Processes(), device, index, 0, torch.channels_last)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(model, index)
-        return loss.detach()
+        return train_step(model, model, ema, optimizer, [next(stream)], objective_for(cfg), cfg, Processes(), device,
+                          index, torch.channels_last)
 
     step(0)  # warm-up: lazy CUDA initialisation (cuBLAS handles, allocator) may synchronise once
     torch.cuda.synchronize()

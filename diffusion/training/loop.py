@@ -138,21 +138,10 @@ def train_denoiser(cfg, processes, device: torch.device) -> Path:
             lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio,
                        time_progress=spent / budget_s if fit_to_time else 0.0)
             set_lr(optimizer, lr)
-            for micro in range(trainer.grad_accum):
-                batch = next(stream)
-                sync = contextlib.nullcontext()
-                if processes.distributed and micro < trainer.grad_accum - 1:
-                    sync = forward.no_sync()  # average gradients once per optimizer step, not per micro-batch
-                with sync:
-                    loss = micro_batch_loss(forward, batch, objective, cfg, processes, device, step, micro, memory_format)
-                    (loss / trainer.grad_accum).backward()
-                loss_sum += loss.detach()
-                nonfinite |= ~torch.isfinite(loss.detach())
-            if trainer.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            ema.update(model, step)
+            loss = train_step(forward, model, ema, optimizer, [next(stream) for _ in range(trainer.grad_accum)],
+                              objective, cfg, processes, device, step, memory_format)
+            loss_sum += loss
+            nonfinite |= ~torch.isfinite(loss)
             step += 1
             samples_seen += samples_per_step
             bar.update(1)
@@ -211,6 +200,28 @@ def train_denoiser(cfg, processes, device: torch.device) -> Path:
         print(RunCost.line(cost.totals(samples_seen)))
     logger.close()
     return final
+
+
+def train_step(forward, model, ema, optimizer, batches: list, objective, cfg, processes, device, step: int,
+               memory_format) -> torch.Tensor:
+    """One optimizer step over the micro-batches of `batches` (trainer.grad_accum of them): losses, backward,
+    gradient clipping, optimizer, EMA. Returns the summed micro-batch loss as a device tensor: nothing here reads
+    a value on the host (tests/test_gpu_ready.py runs it on the meta device, where any such read fails)."""
+    loss_sum = torch.zeros((), device=device)
+    for micro, batch in enumerate(batches):
+        sync = contextlib.nullcontext()
+        if processes.distributed and micro < len(batches) - 1:
+            sync = forward.no_sync()  # average gradients once per optimizer step, not per micro-batch
+        with sync:
+            loss = micro_batch_loss(forward, batch, objective, cfg, processes, device, step, micro, memory_format)
+            (loss / len(batches)).backward()
+        loss_sum = loss_sum + loss.detach()
+    if cfg.trainer.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.update(model, step)
+    return loss_sum
 
 
 def micro_batch_loss(forward, batch, objective, cfg, processes, device, step, micro, memory_format) -> torch.Tensor:
