@@ -60,14 +60,16 @@ def run_row(path: Path) -> dict:
     from omegaconf import OmegaConf
 
     from diffusion.checkpoint import load_checkpoint
+    from diffusion.config import objective_for
+    from diffusion.model import legacy_keys
 
     checkpoint = find_checkpoint(path)
     payload = load_checkpoint(checkpoint, kind="diffusion")  # every way it can be wrong is one UserError
     config = OmegaConf.create(payload["config"])
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    unet_weights = sum(v.numel() for k, v in payload["model"].items() if k.startswith("unet."))
+    denoiser_weights = sum(v.numel() for k, v in legacy_keys(payload["model"]).items() if k.startswith("denoiser."))
     row = {"run": str(path), "name": run_dir.name, "model": str(config.model._target_).rsplit(".", 1)[-1],
-           "objective": config.diffusion.get("objective", "ddpm"), "parameters": int(unet_weights),
+           "objective": objective_for(config).name, "parameters": int(denoiser_weights),
            "step": int(payload["step"]), "loss": final_loss(run_dir), "cost": payload.get("cost")}
     evaluations = sorted(run_dir.rglob("evaluation.json"), key=lambda p: p.stat().st_mtime)
     if evaluations:

@@ -72,9 +72,14 @@ class DDPMObjective(Objective):
         if self.prediction_type == "epsilon":
             return (x_t - sqrt_1m_a * model_output) / sqrt_a, model_output
         if self.prediction_type == "x0":
-            return model_output, (x_t - sqrt_a * model_output) / sqrt_1m_a
+            return model_output, self.eps_from_x0(x_t, model_output, t)
         # v: since a + (1-a) = 1, x0 = sqrt(a) x_t - sqrt(1-a) v and eps = sqrt(1-a) x_t + sqrt(a) v
         return sqrt_a * x_t - sqrt_1m_a * model_output, sqrt_1m_a * x_t + sqrt_a * model_output
+
+    def eps_from_x0(self, x_t: torch.Tensor, pred_x0: torch.Tensor, t) -> torch.Tensor:
+        """The noise x_t holds if its clean sample is pred_x0: eps = (x_t - sqrt(a) x0) / sqrt(1-a)."""
+        sqrt_a, sqrt_1m_a = self.sqrt_alpha_bars(t, x_t)
+        return (x_t - sqrt_a * pred_x0) / sqrt_1m_a
 
     def from_x0_eps(self, pred_x0: torch.Tensor, pred_eps: torch.Tensor, t) -> torch.Tensor:
         """The inverse of `to_x0_eps`: (x0, eps) as the output of a network of this prediction type."""

@@ -68,8 +68,7 @@ class TimestepSampler(Sampler):
         return self.schedule.add_noise(x0, noise, int(t))
 
     def implied_noise(self, x, pred_x0, t):
-        a = float(self.schedule.alpha_bar(int(t)))
-        return (x - a**0.5 * pred_x0) / (1 - a) ** 0.5
+        return self.objective.eps_from_x0(x, pred_x0, int(t))
 
     def predict(self, denoise, x_t, t):
         """(pred_x0, pred_eps, model_output) at integer t; with clip_sample, pred_x0 is clamped and pred_eps
@@ -78,9 +77,7 @@ class TimestepSampler(Sampler):
         pred_x0, pred_eps = self.objective.to_x0_eps(output, x_t, int(t))
         if self.clip_sample:
             pred_x0 = self.clip(pred_x0)
-            a = float(self.schedule.alpha_bar(int(t)))
-            if a < 1.0:
-                pred_eps = (x_t - a**0.5 * pred_x0) / (1 - a) ** 0.5
+            pred_eps = self.objective.eps_from_x0(x_t, pred_x0, int(t))
         return pred_x0, pred_eps, output
 
     def __repr__(self) -> str:

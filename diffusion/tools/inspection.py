@@ -1,7 +1,7 @@
 """Opening up a sampling run: the trajectory, cross-attention maps per prompt token, schedule plots.
 
     recorder = TrajectoryRecorder()
-    images = generate_images(model, scheduler, prompts, seeds, shape=..., steps=25, callback=recorder)
+    images = generate_images(model, sampler, prompts, seeds, shape=..., steps=25, callback=recorder)
     render_trajectory(recorder, "trajectory.png")           # rows = steps: x_t and pred_x0
 
     maps = cross_attention_maps(model, "a red bird with blue wings", x_t, t=500)
