@@ -3,6 +3,8 @@
 Each step is driven the way the sampling loop drives it: `step(denoise, x_t, t, t_prev, memory, noise)` with a
 `denoise` that returns the model output under test."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -255,3 +257,52 @@ def test_bad_arguments():
             DDIMSampler(DDPMObjective(s), eta=bad)
     with pytest.raises(UserError, match="zero-terminal-SNR schedule needs prediction_type v or x0"):
         DDPMObjective(NoiseSchedule.from_name("linear", zero_terminal_snr=True), prediction_type="epsilon")
+
+
+# ---------------------------------------------------------------------------------------------- learned variance
+
+
+def learned_sigma_network(x, t):
+    """A stand-in learned-sigma network: 2C channels, an epsilon-like prediction and then v in (-1, 1)."""
+    bias = torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(7), dtype=x.dtype)
+    eps = 0.3 * x * math.cos(t / 400) + 0.2 * torch.sin(bias + t / 150)
+    return torch.cat([eps, torch.tanh(x + t / 500)], dim=1)
+
+
+@pytest.mark.parametrize("steps,spacing", [(1000, "leading"), (250, "linspace")])
+def test_learned_range_matches_diffusers_over_a_whole_trajectory(steps, spacing):
+    """Nichol & Dhariwal's learned-range variance (eq. 15), as DiT samples: the whole 1000-step chain, and the
+    respaced 250 of 1000 (linspace: IDDPM's space_timesteps("250") keeps round(i * 999 / 249)), against diffusers'
+    DDPMScheduler(variance_type="learned_range") with the same float64 alpha-bars and noise (<= 1e-5)."""
+    schedule = NoiseSchedule.from_name("linear")
+    ours = DDPMSampler(DDPMObjective(schedule, "epsilon", learned_variance=True), timestep_spacing=spacing,
+                       variance_type="learned_range")
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", variance_type="learned_range",
+                                  clip_sample=False, timestep_spacing=spacing)
+    ref.alphas_cumprod, ref.one = schedule.alphas_cumprod.clone(), torch.tensor(1.0, dtype=torch.float64)
+    ref.set_timesteps(steps)
+    grid = ours.levels(steps)
+    assert grid == ref.timesteps.tolist()
+    if steps == 250:
+        assert grid[::-1] == [round(i * 999 / 249) for i in range(250)]
+    x_ours = x_ref = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for t, t_prev in zip(grid, ours.following(grid)):
+        noise = torch.randn(x_ours.shape, generator=torch.Generator().manual_seed(1000 + t), dtype=torch.float64)
+        x_ours = ours.step(learned_sigma_network, x_ours, t, t_prev, {}, noise=noise).prev_sample
+        x_ref = ref.step(learned_sigma_network(x_ref, t), t, x_ref,
+                         generator=torch.Generator().manual_seed(1000 + t)).prev_sample
+        torch.testing.assert_close(x_ours, x_ref, atol=1e-5, rtol=0)
+    assert x_ours.abs().max() > 0.1  # a real trajectory, not a collapse to zero
+
+
+def test_a_learned_sigma_network_samples_with_every_sampler_on_its_prediction_half():
+    """DDIM (and the sigma samplers) read only the first C channels of a learned-sigma network; learned_range
+    is refused for a network without them."""
+    schedule = NoiseSchedule.from_name("linear")
+    plain, learned = DDPMObjective(schedule, "epsilon"), DDPMObjective(schedule, "epsilon", learned_variance=True)
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    two_c = step(DDIMSampler(learned), learned_sigma_network(x, 500), 500, 400, x)
+    one_c = step(DDIMSampler(plain), learned_sigma_network(x, 500)[:, :3], 500, 400, x)
+    torch.testing.assert_close(two_c.prev_sample, one_c.prev_sample)
+    with pytest.raises(UserError, match="learned_range needs a network that outputs its variance"):
+        DDPMSampler(plain, variance_type="learned_range")

@@ -34,14 +34,15 @@ class DDPMObjective(Objective):
     needs_schedule = True  # built on the `schedule` config group's betas
 
     def __init__(self, schedule: NoiseSchedule, prediction_type: str = "epsilon", loss_weighting: str = "uniform",
-                 min_snr_gamma: float = 5.0):
+                 min_snr_gamma: float = 5.0,
+                 learned_variance: bool = False):  # the network also outputs Nichol & Dhariwal's v (2C channels)
         check_choice("prediction type", prediction_type, PREDICTION_TYPES)
         check_choice("loss weighting", loss_weighting, WEIGHTINGS)
         if schedule.zero_terminal_snr and prediction_type == "epsilon":
             # At SNR 0, x_t is pure noise: an epsilon prediction carries no information about x0.
             raise UserError("a zero-terminal-SNR schedule needs prediction_type v or x0 (Lin et al. 2024, section 3.2); "
                             "epsilon cannot recover x0 at the last timestep")
-        self.schedule, self.prediction_type = schedule, prediction_type
+        self.schedule, self.prediction_type, self.learned_variance = schedule, prediction_type, bool(learned_variance)
         self.loss_weighting, self.min_snr_gamma = loss_weighting, float(min_snr_gamma)
         a = schedule.alphas_cumprod.numpy().copy()
         a[a <= 0] = MIN_ALPHA_BAR  # only a zero-terminal-SNR schedule's last step
@@ -66,8 +67,16 @@ class DDPMObjective(Objective):
         sqrt_a, sqrt_1m_a = self.sqrt_alpha_bars(t, x0)
         return sqrt_a * noise - sqrt_1m_a * x0  # v
 
+    def split(self, model_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the prediction, the variance output v or None): a learned-variance network (Nichol & Dhariwal 2021,
+        DiT) outputs 2C channels, the prediction first and then v in [-1, 1] (see samplers/ddpm.py)."""
+        if not self.learned_variance:
+            return model_output, None
+        return model_output.chunk(2, dim=1)
+
     def to_x0_eps(self, model_output: torch.Tensor, x_t: torch.Tensor, t):
         """(pred_x0, pred_eps) from the network output, using x_t = sqrt(a) x0 + sqrt(1-a) eps."""
+        model_output = self.split(model_output)[0]
         sqrt_a, sqrt_1m_a = self.sqrt_alpha_bars(t, x_t)
         if self.prediction_type == "epsilon":
             return (x_t - sqrt_1m_a * model_output) / sqrt_a, model_output
@@ -97,6 +106,9 @@ class DDPMObjective(Objective):
 
     def loss(self, model_output, x0, noise, x_t, t):
         """Per-example weighted mean squared error [B] against `target` (weights: objectives/weighting.py)."""
+        if self.learned_variance:
+            raise UserError("objective.learned_variance is for sampling published checkpoints (DiT); training the "
+                            "variance needs the variational bound term (Nichol & Dhariwal 2021, eq. 16), not implemented")
         weight = loss_weight(self.schedule.snr(t), self.prediction_type, self.loss_weighting, self.min_snr_gamma)
         squared_error = (model_output.float() - self.target(x0, noise, t).float()) ** 2
         per_example = squared_error.flatten(1).mean(dim=1)  # [B]
@@ -122,4 +134,5 @@ class DDPMObjective(Objective):
         return (1.0 + sigma_max**2) ** 0.5
 
     def __repr__(self):
-        return f"DDPMObjective(schedule={self.schedule.name}, prediction_type={self.prediction_type})"
+        learned = ", learned_variance=True" if self.learned_variance else ""
+        return f"DDPMObjective(schedule={self.schedule.name}, prediction_type={self.prediction_type}{learned})"
