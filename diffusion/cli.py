@@ -11,11 +11,10 @@ from __future__ import annotations
 import functools
 import re
 import sys
-from pathlib import Path
 
+from diffusion.config import CONF_DIR
 from diffusion.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # keys whose values are free text or file paths, never Hydra expressions
 FREE_TEXT_KEYS = ("prompt", "negative_prompt", "init_image", "ckpt", "out_dir", "resume", "dataset.path",
                   "paths.data_dir", "prompts_file", "vae.ckpt", "vae_ckpt")

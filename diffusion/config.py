@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import inspect
 
+from pathlib import Path
+
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.errors import UserError, check_choice
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the Hydra config groups train.py and sample.py compose
 
 # Every class a config may name. A checkpoint is data: anything else is refused before it is imported.
 ALLOWED_TARGETS = frozenset({

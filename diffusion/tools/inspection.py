@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffusion.config import CONF_DIR
 from diffusion.samplers import StepInfo
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def pyplot():

@@ -11,9 +11,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from diffusion.config import CONF_DIR
 from diffusion.model import load_model
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # A model small enough to train in seconds: 16 px, 8 base channels, a one-layer text encoder.
 TINY = [
