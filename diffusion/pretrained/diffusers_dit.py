@@ -78,6 +78,7 @@ FIXED = {
     "attention_bias": (True, True),
     "norm_elementwise_affine": (False, False),
     "cross_attention_dim": (None, None),
+    "num_vector_embeds": (None, None),  # the hub's legacy Transformer2DModel config: set for discrete (VQ) inputs
     "upcast_attention": (False, False),  # float32 either way; kept to refuse a config that expects otherwise
 }
 

@@ -110,11 +110,11 @@ def convert(table, state_dict: dict, source: str, to_ours: bool) -> dict:
                 present = [key in state_dict for key in keys]
                 if not any(present):
                     continue
+                left.difference_update(keys)  # a known tensor, even when the row is incomplete
                 if not all(present):
                     missing += [key for key, here in zip(keys, present) if not here]
                     continue
                 found = True
-                left.difference_update(keys)
                 tensors = [state_dict[key] for key in keys]
                 if r.copies:
                     out.update(copied(keys, tensors, [f"{n}.{ending}" for n in names_out], source))
