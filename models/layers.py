@@ -46,7 +46,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, s
     Frequency i of dim/2 is max_period^(-i / (dim/2 - frequency_shift)), laid out as [cos, sin]. Ho et al.'s own code
     (and so the DDPM CIFAR-10 weights) uses [sin, cos] with shift 1 (`sin_first`, `frequency_shift=1`)."""
     half = dim // 2
-    exponents = -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - frequency_shift)
+    steps = torch.arange(half, device=t.device, dtype=torch.float32)
+    exponents = -math.log(max_period) * steps / (half - frequency_shift)
     angles = t.float()[:, None] * torch.exp(exponents)[None]  # (B, half)
     pair = (torch.sin(angles), torch.cos(angles)) if sin_first else (torch.cos(angles), torch.sin(angles))
     return F.pad(torch.cat(pair, dim=-1), (0, dim % 2))
