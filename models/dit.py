@@ -26,9 +26,10 @@ from torch import nn
 from models.layers import FusedAttention, cond_field, timestep_embedding
 
 
-def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
+def sincos_2d(grid_h: int, grid_w: int, dim: int, columns_first: bool = False) -> torch.Tensor:
     """The fixed 2-D sine-cosine position embedding (MAE / DiT): half the channels encode the row, half
-    the column, each with the 1-D transformer sinusoids. -> [grid_h * grid_w, dim]."""
+    the column, each with the 1-D transformer sinusoids. -> [grid_h * grid_w, dim]. `columns_first`: the first half
+    encodes the column, as MAE's and the original DiT's code lay it out (and so their published weights expect)."""
     if dim % 4:
         raise ValueError(f"the DiT width must be divisible by 4 for the 2-D position embedding, got {dim}")
     quarter = dim // 4
@@ -40,7 +41,8 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
         angles = positions.reshape(-1, 1) * omega[None]
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    return torch.cat([one_axis(rows), one_axis(cols)], dim=1).float()
+    halves = (one_axis(cols), one_axis(rows)) if columns_first else (one_axis(rows), one_axis(cols))
+    return torch.cat(halves, dim=1).float()
 
 
 def modulate(h, shift, scale):
@@ -49,7 +51,8 @@ def modulate(h, shift, scale):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, context_dim: int | None = None):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, context_dim: int | None = None,
+                 mlp_norm_eps: float = 1e-6):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = FusedAttention(dim, heads)
@@ -57,7 +60,7 @@ class DiTBlock(nn.Module):
         if context_dim is not None:
             self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
             self.cross = FusedAttention(dim, heads, context_dim)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=mlp_norm_eps)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
@@ -88,6 +91,9 @@ class DiT(nn.Module):
         num_classes: int | None = None,  # class-conditional: labels 0 .. num_classes-1, the last one (or -1) "no class"
         vocab_size: int | None = None,  # a bag of words added to c, as in the UNet
         text_conditional: bool = True,  # False: a class-conditional DiT that refuses text
+        time_frequency_shift: float = 0.0,  # timestep frequencies 10000^(-i / (half - shift)): diffusers' DiT uses 1
+        mlp_norm_eps: float = 1e-6,  # the LayerNorm before each MLP: diffusers' DiTTransformer2DModel uses 1e-5
+        position_columns_first: bool = False,  # the position table's first half encodes the column (the original DiT)
     ):
         super().__init__()
         if not text_conditional and (context_dim is not None or pooled_dim is not None or vocab_size is not None):
@@ -104,11 +110,13 @@ class DiT(nn.Module):
         self.class_embed = nn.Embedding(num_classes, hidden_size) if num_classes else None
         self.pooled_embed = nn.Linear(pooled_dim, hidden_size) if pooled_dim else None
         self.word_embed = nn.Embedding(vocab_size, hidden_size) if vocab_size else None
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, context_dim) for _ in range(depth))
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, context_dim, mlp_norm_eps)
+                                    for _ in range(depth))
         self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
         self.out = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-        self.frequency_dim = frequency_dim
+        self.frequency_dim, self.time_frequency_shift = frequency_dim, time_frequency_shift
+        self.position_columns_first = position_columns_first
         self._init_weights()
 
     def _init_weights(self):
@@ -137,7 +145,8 @@ class DiT(nn.Module):
 
         h = self.patchify(x)  # (B, D, H/p, W/p)
         grid_h, grid_w = h.shape[2:]
-        h = (h.flatten(2).transpose(1, 2) + sincos_2d(grid_h, grid_w, h.shape[1]).to(h)).contiguous()  # (B, N, D)
+        positions = sincos_2d(grid_h, grid_w, h.shape[1], self.position_columns_first).to(h)  # (N, D)
+        h = (h.flatten(2).transpose(1, 2) + positions).contiguous()  # (B, N, D)
         for block in self.blocks:
             h = block(h, c, context, context_mask)
         shift, scale = self.ada_out(c).chunk(2, dim=1)
@@ -159,11 +168,13 @@ def check_patch_grid(height: int, width: int, p: int, name: str) -> None:
 
 def condition_embedding(model: nn.Module, x: torch.Tensor, t, cond) -> torch.Tensor:
     """c = time MLP(sinusoids(t)) [+ class embedding] [+ pooled text] [+ bag of words]: (B, D). Reads the
-    model's `time_embed`, `class_embed`, `pooled_embed`, `word_embed` (None where absent) and `frequency_dim`."""
+    model's `time_embed`, `class_embed`, `pooled_embed`, `word_embed` (None where absent), `frequency_dim` and
+    `time_frequency_shift` (0 where absent)."""
     batch = x.shape[0]
     t = torch.full((), t, device=x.device) if isinstance(t, (int, float)) else torch.as_tensor(t, device=x.device)
     t = t.expand(batch) if t.ndim == 0 else t
-    c = model.time_embed(timestep_embedding(t, model.frequency_dim).to(x.dtype))
+    sinusoids = timestep_embedding(t, model.frequency_dim, frequency_shift=getattr(model, "time_frequency_shift", 0.0))
+    c = model.time_embed(sinusoids.to(x.dtype))
     if model.class_embed is not None:
         labels = cond_field(cond, "class_labels")
         c = c + model.class_embed(torch.where(labels < 0, model.class_embed.num_embeddings - 1, labels))

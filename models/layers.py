@@ -39,13 +39,18 @@ def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=1e-6 if groups == max_groups else 1e-5)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Transformer sinusoids of the (integer or real) timestep (Vaswani et al. 2017; Ho et al. 2020): [B] -> [B, dim]."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, sin_first: bool = False,
+                       frequency_shift: float = 0.0) -> torch.Tensor:
+    """Transformer sinusoids of the (integer or real) timestep (Vaswani et al. 2017; Ho et al. 2020): [B] -> [B, dim].
+
+    Frequency i of dim/2 is max_period^(-i / (dim/2 - frequency_shift)), laid out as [cos, sin]. Ho et al.'s own code
+    (and so the DDPM CIFAR-10 weights) uses [sin, cos] with shift 1 (`sin_first`, `frequency_shift=1`)."""
     half = dim // 2
-    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[:, None] * frequencies[None]  # (B, half)
-    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-    return F.pad(embedding, (0, dim % 2))
+    steps = torch.arange(half, device=t.device, dtype=torch.float32)
+    exponents = -math.log(max_period) * steps / (half - frequency_shift)
+    angles = t.float()[:, None] * torch.exp(exponents)[None]  # (B, half)
+    pair = (torch.sin(angles), torch.cos(angles)) if sin_first else (torch.cos(angles), torch.sin(angles))
+    return F.pad(torch.cat(pair, dim=-1), (0, dim % 2))
 
 
 class ResBlock(nn.Module):
@@ -84,13 +89,21 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W with a strided 3x3 convolution (Ho et al. 2020)."""
+    """Halve H and W with a strided 3x3 convolution (Ho et al. 2020).
 
-    def __init__(self, channels: int, out_channels: int | None = None):
+    `padding=1` pads one pixel on every side; `padding=0` pads one row and column at the bottom and right only,
+    TensorFlow's "SAME" for a stride-2 convolution, which Ho et al.'s code and the LDM / SD autoencoder use."""
+
+    def __init__(self, channels: int, out_channels: int | None = None, padding: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=1)
+        if padding not in (0, 1):
+            raise ValueError(f"downsample padding must be 1 (every side) or 0 (bottom and right only), got {padding}")
+        self.pad_bottom_right = padding == 0
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_bottom_right:
+            x = F.pad(x, (0, 1, 0, 1))  # (left, right, top, bottom)
         return self.conv(x)
 
 

@@ -54,6 +54,9 @@ class UNet(nn.Module):
         norm_groups: int = 32,  # GroupNorm groups (at most; gcd with the width): 32 makes widths <= 32 instance norm
         emb_dim: int | None = None,  # width of the time (+ text / class) embedding; None: 4 * base_channels
         gradient_checkpointing: bool = False,  # recompute block activations in backward to save memory
+        time_sin_first: bool = False,  # timestep sinusoids as [sin, cos] (Ho et al.'s code) instead of [cos, sin]
+        time_frequency_shift: float = 0.0,  # frequencies 10000^(-i / (half - shift)): 1 in Ho et al.'s code
+        downsample_padding: int = 1,  # 1: pad every side; 0: bottom / right only (TF "SAME", Ho et al.'s code)
     ):
         super().__init__()
         if word_pooling not in WORD_POOLINGS:
@@ -68,6 +71,7 @@ class UNet(nn.Module):
         self.downsampling = 2 ** (len(channel_mult) - 1)
         self.context_dim = context_dim
         self.gradient_checkpointing = gradient_checkpointing
+        self.time_sin_first, self.time_frequency_shift = time_sin_first, time_frequency_shift
         emb_dim = emb_dim or base_channels * 4
 
         self.time_embed = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -109,7 +113,7 @@ class UNet(nn.Module):
                 width = level_width
                 skip_widths.append(width)
             if level < len(widths) - 1:
-                self.down.append(UNetStage(Downsample(width)))
+                self.down.append(UNetStage(Downsample(width, padding=downsample_padding)))
                 skip_widths.append(width)
 
         self.middle = nn.ModuleList([UNetStage(res_block(width, width), attention_block(width)),
@@ -135,7 +139,9 @@ class UNet(nn.Module):
         # a Python timestep is filled in on the device (as_tensor would copy it from the host: a sync per step)
         t = torch.full((), t, device=x.device) if isinstance(t, (int, float)) else torch.as_tensor(t, device=x.device)
         t = t.expand(batch) if t.ndim == 0 else t
-        emb = self.time_embed(timestep_embedding(t, self.time_embed[0].in_features).to(x.dtype))
+        sinusoids = timestep_embedding(t, self.time_embed[0].in_features, sin_first=self.time_sin_first,
+                                       frequency_shift=self.time_frequency_shift)
+        emb = self.time_embed(sinusoids.to(x.dtype))
         if self.class_embed is not None:
             emb = emb + self.class_embed(cond_field(cond, "class_labels"))
         if self.pooled_embed is not None:

@@ -82,11 +82,12 @@ def check_shortcut(values: int, groups: int, where: str) -> None:
 class DownsampleShortcut(nn.Module):
     """Strided convolution to `out_channels` at half the resolution, plus the space-to-channel shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int, shortcut: bool):
+    def __init__(self, in_channels: int, out_channels: int, shortcut: bool, padding: int = 1):
         super().__init__()
         if shortcut:
             check_shortcut(in_channels * 4, out_channels, f"downsampling {in_channels}->{out_channels}")
-        self.down, self.shortcut, self.out_channels = Downsample(in_channels, out_channels), shortcut, out_channels
+        self.down = Downsample(in_channels, out_channels, padding)
+        self.shortcut, self.out_channels = shortcut, out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.down(x)
@@ -116,15 +117,19 @@ def middle_block(width: int, attention: bool, dropout: float) -> nn.Sequential:
 
 class Encoder(nn.Module):
     def __init__(self, in_channels, base_channels, channel_mult, num_res_blocks, latent_channels, attention, dropout,
-                 shortcuts):
+                 shortcuts, width_change="resample", downsample_padding=1):
         super().__init__()
         widths = [base_channels * m for m in channel_mult]
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
-        blocks = []
-        for level, width in enumerate(widths):
-            blocks += [ResBlock(width, width, dropout=dropout) for _ in range(num_res_blocks)]
+        blocks, width = [], widths[0]  # `width`: the features' width so far
+        for level, level_width in enumerate(widths):
+            for _ in range(num_res_blocks):  # the first one widens when width_change="first_block"
+                blocks.append(ResBlock(width, level_width, dropout=dropout))
+                width = level_width
             if level < len(widths) - 1:
-                blocks.append(DownsampleShortcut(width, widths[level + 1], shortcuts))
+                next_width = widths[level + 1] if width_change == "resample" else width
+                blocks.append(DownsampleShortcut(width, next_width, shortcuts, downsample_padding))
+                width = next_width
         self.down = nn.Sequential(*blocks)
         self.middle = middle_block(widths[-1], attention, dropout)
         self.norm_out = group_norm(widths[-1])
@@ -144,16 +149,20 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     def __init__(self, latent_channels, base_channels, channel_mult, num_res_blocks, out_channels, attention, dropout,
-                 shortcuts):
+                 shortcuts, width_change="resample"):
         super().__init__()
         widths = [base_channels * m for m in channel_mult]
         self.conv_in = nn.Conv2d(latent_channels, widths[-1], 3, padding=1)
         self.middle = middle_block(widths[-1], attention, dropout)
-        blocks = []
+        blocks, width = [], widths[-1]  # `width`: the features' width so far
         for level in reversed(range(len(widths))):
-            blocks += [ResBlock(widths[level], widths[level], dropout=dropout) for _ in range(num_res_blocks + 1)]
-            if level > 0:  # one more block per level on the way up, as in the UNet
-                blocks.append(UpsampleShortcut(widths[level], widths[level - 1], shortcuts))
+            for _ in range(num_res_blocks + 1):  # one more block per level on the way up, as in the UNet
+                blocks.append(ResBlock(width, widths[level], dropout=dropout))
+                width = widths[level]
+            if level > 0:
+                next_width = widths[level - 1] if width_change == "resample" else width
+                blocks.append(UpsampleShortcut(width, next_width, shortcuts))
+                width = next_width
         self.up = nn.Sequential(*blocks)
         self.norm_out = group_norm(widths[0])
         self.conv_out = nn.Conv2d(widths[0], out_channels, 3, padding=1)
@@ -180,15 +189,26 @@ class AutoencoderKL(nn.Module):
         attention: bool = True,  # self-attention in the middle, at the lowest resolution
         dropout: float = 0.0,
         shortcuts: bool = True,  # parameter-free space<->channel shortcuts at every resampling (DC-AE): faster training
+        width_change: str = "resample",  # where widths change: "resample" (the down / up convolution) or "first_block"
+                                         # (a level's first residual block, as in Rombach et al.'s LDM / SD autoencoder)
+        downsample_padding: int = 1,  # 1: pad every side; 0: bottom / right only (TF "SAME", the LDM / SD autoencoder)
+        quant_convs: bool = False,  # 1x1 convolutions on the moments and on z (LDM's quant_conv / post_quant_conv)
+        scale_factor: float | None = None,  # a published latent scale (SD: 0.18215), carried for the loader; the
+                                            # network never uses it. None: measured after training (task=vae)
     ):
         super().__init__()
+        if width_change not in ("resample", "first_block"):
+            raise ValueError(f"width_change must be 'resample' or 'first_block', got {width_change!r}")
         channel_mult = tuple(channel_mult)
         self.in_channels, self.latent_channels = in_channels, latent_channels
         self.downsampling = 2 ** (len(channel_mult) - 1)
+        self.scale_factor = scale_factor
         self.encoder = Encoder(in_channels, base_channels, channel_mult, num_res_blocks, latent_channels,
-                               attention, dropout, shortcuts)
+                               attention, dropout, shortcuts, width_change, downsample_padding)
         self.decoder = Decoder(latent_channels, base_channels, channel_mult, num_res_blocks, in_channels,
-                               attention, dropout, shortcuts)
+                               attention, dropout, shortcuts, width_change)
+        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if quant_convs else None
+        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if quant_convs else None
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """Images [B, 3, H, W] in [-1, 1] -> q(z | x) over [B, latent_channels, H / f, W / f]."""
@@ -196,10 +216,15 @@ class AutoencoderKL(nn.Module):
         if height % self.downsampling or width % self.downsampling:
             raise ValueError(f"image {height}x{width} is not divisible by the autoencoder's downsampling "
                              f"{self.downsampling}; use a resolution that is a multiple of {self.downsampling}")
-        return DiagonalGaussian.from_moments(self.encoder(x))
+        moments = self.encoder(x)  # (B, 2 * latent_channels, H / f, W / f)
+        if self.quant_conv is not None:
+            moments = self.quant_conv(moments)
+        return DiagonalGaussian.from_moments(moments)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents [B, latent_channels, h, w] -> images [B, 3, h * f, w * f] (unclamped; about [-1, 1])."""
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor, sample_posterior: bool = True,
