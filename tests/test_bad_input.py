@@ -66,7 +66,7 @@ def cases(f):
     return [
         # train.py
         (*train_tiny[:1], [*train_tiny[1:], "trainer.max_stepz=5"], "unknown config key 'trainer.max_stepz'"),
-        (*train_tiny[:1], [*train_tiny[1:], "model=unet_huge"], "Could not find 'model/unet_huge'; available: dit_b2, dit_s2, dit_tiny, dit_xl2, mmdit_tiny, unet_base"),
+        (*train_tiny[:1], [*train_tiny[1:], "model=unet_huge"], "Could not find 'model/unet_huge'; available: ddpm_cifar10, dit_b2"),
         ("train.py", [*[o for o in train_tiny[1:] if not o.startswith(("model.", "text."))], "model=mmdit_tiny", "text=none"],
          "MMDiT is text-conditional by design: use text=scratch|minilm"),
         (*train_tiny[:1], [*train_tiny[1:], "trainer.max_steps=abc"], "trainer.max_steps must be a positive integer"),

@@ -11,7 +11,7 @@ from diffusion.config import build, build_sampler, objective_for
 from diffusion.model import build_diffusion_model
 from diffusion.training.data import build_dataset, data_info
 from fixtures import make_cifar10, make_cub, make_image_folder, make_mnist
-from tiny import CONF, run_script, tiny_train_cfg
+from tiny import CONF, run_in_process, tiny_train_cfg
 
 OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
            for group in ("dataset", "model", "text", "schedule", "sampler", "objective", "optim", "trainer", "logger", "vae",
@@ -85,12 +85,12 @@ def test_train_and_sample_on_real_image_files_from_the_command_line(option, tmp_
     run = tmp_path / "run"
     from tiny import TINY_TRAIN
 
-    result = run_script("train.py", *TINY_TRAIN, f"dataset={option}", "dataset.resolution=16", "trainer.max_steps=2",
+    result = run_in_process("train.py", *TINY_TRAIN, f"dataset={option}", "dataset.resolution=16", "trainer.max_steps=2",
                         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}", *extra, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert ckpt.load_checkpoint(run / "checkpoints" / "last.ckpt")["step"] == 2
     out = tmp_path / "samples"
-    result = run_script("sample.py", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "prompt=a small bird", "num_images=2",
+    result = run_in_process("sample.py", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "prompt=a small bird", "num_images=2",
                         "steps=2", f"out_dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list(out.glob("*_seed*.png"))) == 2

@@ -184,27 +184,29 @@ def test_euler_is_ddim_in_sigma():
 
 
 def test_flow_and_edm_train_and_sample_from_the_command_line(tmp_path):
-    """`train.py objective=flow` then `sample.py sampler=flow_euler steps=...`, as a user runs them (and EDM with
-    its default heun); each checkpoint records its objective and its objective's own sampler, and refuses DDIM."""
+    """`train.py objective=flow` then `sample.py sampler=flow_euler steps=...`, as a user types them (run in this
+    process: the same Hydra command lines without the interpreter's start-up), and EDM with its default heun; each
+    checkpoint records its objective and its objective's own sampler, and refuses DDIM."""
     from diffusion.checkpoint import load_checkpoint
     from diffusion.data.images import read_png_metadata
-    from tiny import TINY_TRAIN, run_script
+    from tiny import TINY_TRAIN, run_in_process
 
     for objective, sampler in (("flow", "flow_euler"), ("edm", "heun")):
         run = tmp_path / objective
-        trained = run_script("train.py", *TINY_TRAIN, f"objective={objective}", f"hydra.run.dir={run}",
-                             f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path)
+        trained = run_in_process("train.py", *TINY_TRAIN, f"objective={objective}", f"hydra.run.dir={run}",
+                                 f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path)
         assert trained.returncode == 0, trained.stderr[-2000:]
         ckpt = run / "checkpoints" / "last.ckpt"
         stored = load_checkpoint(ckpt)["config"]
         assert f"_target_: diffusion.samplers.{'FlowEulerSampler' if objective == 'flow' else 'HeunSampler'}" in stored
-        drawn = run_script("sample.py", f"ckpt={ckpt}", "prompt=a red bird", f"sampler={sampler}", "steps=3",
-                           "num_images=2", f"out_dir={tmp_path / (objective + '_out')}", "device=cpu", cwd=tmp_path)
+        drawn = run_in_process("sample.py", f"ckpt={ckpt}", "prompt=a red bird", f"sampler={sampler}", "steps=3",
+                               "num_images=2", f"out_dir={tmp_path / (objective + '_out')}", "device=cpu", cwd=tmp_path)
         assert drawn.returncode == 0, drawn.stderr[-2000:]
         assert read_png_metadata(tmp_path / (objective + "_out") / "0000_seed0.png")["sampler"] == sampler
-        refused = run_script("sample.py", f"ckpt={ckpt}", "prompt=x", "sampler=ddim", f"out_dir={tmp_path / 'no'}",
-                             "device=cpu", cwd=tmp_path)
-        assert refused.returncode != 0 and f"does not fit this model's objective ({objective})" in refused.stderr
+        refused = run_in_process("sample.py", f"ckpt={ckpt}", "prompt=x", "sampler=ddim", f"out_dir={tmp_path / 'no'}",
+                                 "device=cpu", cwd=tmp_path)
+        assert refused.returncode == 2 and f"does not fit this model's objective ({objective})" in refused.stderr
+        assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "euler", "heun", "dpmpp_2m"])

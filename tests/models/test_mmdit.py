@@ -100,7 +100,7 @@ def test_built_without_text_the_config_error_is_one_line(tmp_path):
 
 def test_train_and_sample_from_the_command_line(tmp_path):
     from diffusion import checkpoint as ckpt
-    from tiny import TINY_TRAIN, run_script
+    from tiny import TINY_TRAIN, run_in_process as run_script  # the command lines, in this process
 
     run = tmp_path / "run"
     tiny = [o for o in TINY_TRAIN if not o.startswith("model.")]
