@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 
 _PUBLIC = {
-    "load_model": "diffusion.model",
+    "load_model": "diffusion.loading",
     "LoadedModel": "diffusion.model",
     "generate_images": "diffusion.pipeline",
     "generate": "diffusion.sampling",

@@ -22,8 +22,10 @@ def conditional(model, cond: Cond) -> Denoiser:
     return lambda x_t, t: model(x_t, t, cond)
 
 
-def classifier_free_guidance(model, cond: Cond, uncond: Cond, scale: float) -> Denoiser:
-    """scale 1 is the plain conditional model (one pass); scale 0 the unconditional one."""
+def classifier_free_guidance(model, cond: Cond, uncond: Cond, scale: float, guided_channels: int | None = None) -> Denoiser:
+    """scale 1 is the plain conditional model (one pass); scale 0 the unconditional one. `guided_channels`: only
+    the first channels are guided and the rest come from the conditional pass (a learned-variance network's
+    variance half, as GLIDE and DiT do: guiding it would push it out of its [-1, 1] range)."""
     if scale == 1.0:
         return conditional(model, cond)
     if scale == 0.0:
@@ -35,6 +37,9 @@ def classifier_free_guidance(model, cond: Cond, uncond: Cond, scale: float) -> D
         t = torch.full((), t, device=x_t.device) if isinstance(t, (int, float)) else torch.as_tensor(t, device=x_t.device)
         t = t.expand(x_t.shape[0])
         out_uncond, out_cond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), both).chunk(2)
-        return out_uncond + scale * (out_cond - out_uncond)
+        guided = out_uncond + scale * (out_cond - out_uncond)
+        if guided_channels is None:
+            return guided
+        return torch.cat([guided[:, :guided_channels], out_cond[:, guided_channels:]], dim=1)
 
     return denoise

@@ -1,7 +1,7 @@
-"""The trainable whole (denoiser network + text encoder, called as `model(x_t, t, cond)`) and the public
-loader `load_model`, which rebuilds a trained one from its checkpoint alone.
+"""The trainable whole (denoiser network + text encoder, called as `model(x_t, t, cond)`), the `LoadedModel`
+every loader returns, and `open_checkpoint`, which rebuilds a model trained here from its checkpoint alone.
 
-    from diffusion import load_model
+    from diffusion import load_model                           # diffusion/loading.py: any format
     loaded = load_model("outputs/.../checkpoints/last.ckpt")   # LoadedModel
     loaded.network                                              # the hand-written nn.Module: network(x_t, t, cond)
 
@@ -153,9 +153,10 @@ def legacy_keys(state_dict: dict) -> dict:
     return {("denoiser." + key[5:] if key.startswith("unet.") else key): value for key, value in state_dict.items()}
 
 
-def load_model(path, device="cpu", use_ema: bool = True, vae_ckpt=None) -> LoadedModel:
+def open_checkpoint(path, device="cpu", use_ema: bool = True, vae_ckpt=None) -> LoadedModel:
     """Open a diffusion checkpoint of this project (`train.py`'s last.ckpt) on `device`, with its EMA weights
-    unless `use_ema=False`; `vae_ckpt` says where a latent model's autoencoder lies now, if it moved."""
+    unless `use_ema=False`; `vae_ckpt` says where a latent model's autoencoder lies now, if it moved.
+    (`diffusion.load_model` opens this and every published format.)"""
     from diffusion.checkpoint import load_checkpoint
     from diffusion.device import resolve_device
     from diffusion.spaces import space_for_sampling

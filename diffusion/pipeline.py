@@ -51,7 +51,9 @@ def generate_images(
     cond = encode(list(prompts) if text_conditional else None, labels, device=device)
     uncond = encode([negative_prompt] * n if text_conditional else None,
                           None if labels is None else torch.full_like(labels, -1), device=device)
-    denoise = tally.wrap("denoise", classifier_free_guidance(model, cond, uncond, guidance_scale))
+    variance_half = getattr(sampler.objective, "learned_variance", False)  # guide the prediction, not the variance
+    denoise = tally.wrap("denoise", classifier_free_guidance(model, cond, uncond, guidance_scale,
+                                                            guided_channels=shape[0] if variance_half else None))
 
     check_mask_has_init(mask, init)
     noise = per_image_normal(generators, shape, device)  # [N, C, H, W]

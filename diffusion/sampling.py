@@ -59,10 +59,34 @@ def check_sampling_values(cfg) -> None:
     check_power_watts(cfg)
 
 
+def class_labels(cfg, model, data: dict, prompts: list[str], by_class_name: bool) -> list[int] | None:
+    """One label per image: `class_label=`, or each prompt read as a class name (a class-conditional model
+    without a text encoder, e.g. DiT: prompt="golden retriever")."""
+    from diffusion.data.classes import class_index, class_names_for
+
+    if model.num_classes is None:
+        if cfg.get("class_label") is not None:
+            raise UserError(f"class_label={cfg.class_label} applies to class-conditional models; this one is not")
+        return None
+    if by_class_name:
+        if cfg.get("class_label") is not None:
+            raise UserError("give the class once: class_label=<index> or prompt=<class name>, not both")
+        names = class_names_for(model.num_classes, data.get("class_names"))
+        if names is None:
+            raise UserError(f"this model's {model.num_classes} classes have no names stored: give class_label=<index>")
+        return [class_index(prompt, names) for prompt in prompts]
+    if cfg.get("class_label") is None:
+        return None
+    label = cfg.class_label
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < model.num_classes:
+        raise UserError(f"class_label={label!r} is out of range: use an integer in [0, {model.num_classes})")
+    return [label] * len(prompts)
+
+
 def generate(cfg) -> list[Path]:
     """sample.py: load the checkpoint, draw every prompt `num_images` times, write PNGs and a grid."""
     from diffusion.device import resolve_device
-    from diffusion.model import load_model
+    from diffusion.loading import load_model
 
     if not cfg.get("ckpt"):
         raise UserError("give a checkpoint: python sample.py ckpt=outputs/<date>/<time>/checkpoints/last.ckpt prompt=\"...\"")
@@ -78,9 +102,13 @@ def generate(cfg) -> list[Path]:
     steps = int(steps)
 
     prompts = read_prompts(cfg)
+    by_class_name = model.num_classes is not None and not model.is_text_conditional and bool(prompts)
     if not prompts:
         if model.is_text_conditional:
             raise UserError('give a prompt: prompt="a small red bird with blue wings"')
+        if model.num_classes is not None and cfg.get("class_label") is None:
+            raise UserError('this model is class-conditional: give class_label=<index> or a class name, e.g. '
+                            'prompt="golden retriever" (ImageNet) ')
         prompts = [""]
     shape = tuple(loaded.payload["data"]["shape"])
     resolution = int(loaded.payload["data"]["resolution"])
@@ -101,7 +129,7 @@ def generate(cfg) -> list[Path]:
     clashes = [p for p in names + [out_dir / "grid.png"] if p.exists()]
     if clashes:
         raise UserError(f"{clashes[0]} already exists; choose another out_dir (nothing was overwritten)")
-    labels = [int(cfg.class_label)] * len(jobs) if cfg.get("class_label") is not None else None
+    labels = class_labels(cfg, model, loaded.payload["data"], [p for p, _ in jobs], by_class_name)
 
     images, costs = [], []  # costs: one per image, its share of its batch's FLOPs, seconds and energy
     meter = EnergyMeter(device, cfg.get("cost", {}).get("power_watts"))
@@ -126,9 +154,10 @@ def generate(cfg) -> list[Path]:
               "guidance_scale": float(cfg.guidance_scale), "negative_prompt": cfg.negative_prompt or "",
               "init_image": str(cfg.init_image) if cfg.init_image else None,
               "strength": strength if cfg.init_image else None, "mask": str(cfg.mask) if cfg.get("mask") else None,
-              "class_label": cfg.get("class_label")}
-    for (prompt, seed), image, path, cost in zip(jobs, images, names, costs):
-        save_png(to_pil(image), path, {"prompt": prompt, "seed": seed, **common, "cost": cost})
+              "class_label": cfg.get("class_label"), "source": loaded.payload.get("source")}
+    for i, ((prompt, seed), image, path, cost) in enumerate(zip(jobs, images, names, costs)):
+        label = {"class_label": labels[i]} if labels is not None else {}
+        save_png(to_pil(image), path, {"prompt": prompt, "seed": seed, **common, **label, "cost": cost})
     save_png(image_grid(images, columns=cfg.num_images if len(prompts) > 1 else None), out_dir / "grid.png",
              {"prompts": prompts, **common})
     print(f"wrote {len(names)} images and grid.png to {out_dir}")

@@ -127,7 +127,7 @@ def test_latent_sampling_never_clamps_latents_to_the_pixel_range(latent_run):
     """conf/sampler clamps pred_x0 to [-1, 1], right for pixels; scaled latents have unit std and no range, so a
     latent model's sampler (from its checkpoint, or for the training grids) must not clamp: a DDIM step that
     starts from latents of std 3 keeps values beyond 1."""
-    from diffusion.model import load_model
+    from diffusion.loading import load_model
 
     loaded = load_model(latent_run["first"])
     sampler = loaded.sampler()

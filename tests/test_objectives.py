@@ -214,7 +214,7 @@ def test_inpainting_keeps_the_known_region_exactly(tiny_checkpoint, sampler):
     """Pixel space: the kept half of the init image comes back bit for bit, the repainted half changes."""
     from omegaconf import OmegaConf
 
-    from diffusion.model import load_model
+    from diffusion.loading import load_model
     from diffusion.pipeline import generate_images
 
     loaded = load_model(tiny_checkpoint)

@@ -69,7 +69,7 @@ def main(argv=None) -> None:
         processes, device = init_processes(args.device)
         from diffusion.evaluation.features import make_extractor
         from diffusion.evaluation.score import evaluate, sampler_config
-        from diffusion.model import load_model
+        from diffusion.loading import load_model
 
         loaded = load_model(args.ckpt, device, use_ema=not args.no_ema)
         extractor = make_extractor(args.extractor, inception_weights=args.inception_weights,

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from diffusion.config import CONF_DIR
-from diffusion.model import load_model
+from diffusion.loading import load_model
 
 
 # A model small enough to train in seconds: 16 px, 8 base channels, a one-layer text encoder.

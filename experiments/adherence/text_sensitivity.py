@@ -82,7 +82,7 @@ def main(argv=None) -> None:
         torch.manual_seed(cfg.seed)
         model = build_diffusion_model(cfg, {"shape": (3, 32, 32)}, vocabulary)
         print_table("freshly initialised (seed 0)", sensitivity(model.text_encoder, model.denoiser.pooled_embed))
-    from diffusion.model import load_model
+    from diffusion.loading import load_model
 
     for path in args.ckpt:
         model = load_model(path).model

@@ -83,7 +83,7 @@ def test_bad_inputs_are_one_clear_line():
 def test_dit_trains_and_samples_as_a_drop_in_backbone(tmp_path):
     """`train.py model=dit_tiny` with each objective, then sampling, through the same code as the UNet."""
     from diffusion.errors import UserError
-    from diffusion.model import load_model
+    from diffusion.loading import load_model
     from diffusion.pipeline import generate_images
     from diffusion.training import train
     from tiny import tiny_train_cfg
