@@ -1,6 +1,7 @@
 """`load_model`: the one door to every model `sample.py ckpt=` opens, recognised from its contents.
 
     load_model("outputs/<date>/<time>/checkpoints/last.ckpt")     # this project's checkpoint
+    load_model("birds.safetensors")                                # its export (python -m diffusion.export)
     load_model("ddpm-cifar10-32/")                                 # a diffusers model or pipeline folder
     load_model("DiT-XL-2-256x256.pt", vae_ckpt="sd-vae-ft-mse/")   # facebookresearch/DiT, decoded by SD's autoencoder
 
@@ -17,7 +18,8 @@ import torch
 
 from diffusion.device import resolve_device
 from diffusion.errors import UserError
-from diffusion.model import LoadedModel, open_checkpoint
+from diffusion.export import is_export, read_export
+from diffusion.model import LoadedModel, open_checkpoint, open_payload
 
 
 def is_project_checkpoint(path: Path) -> bool | None:
@@ -42,4 +44,6 @@ def load_model(path, device="cpu", use_ema: bool = True, vae_ckpt=None) -> Loade
                         f"last.ckpt, a diffusers model or pipeline folder, or a published weights file)")
     if path.is_file() and path.suffix != ".safetensors" and is_project_checkpoint(path) is not False:
         return open_checkpoint(path, device, use_ema, vae_ckpt)
+    if path.is_file() and path.suffix == ".safetensors" and is_export(path):
+        return open_payload(read_export(path), path, device, True, vae_ckpt)
     return open_published(path, device, vae_ckpt)

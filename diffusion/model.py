@@ -158,11 +158,16 @@ def open_checkpoint(path, device="cpu", use_ema: bool = True, vae_ckpt=None) -> 
     unless `use_ema=False`; `vae_ckpt` says where a latent model's autoencoder lies now, if it moved.
     (`diffusion.load_model` opens this and every published format.)"""
     from diffusion.checkpoint import load_checkpoint
+
+    return open_payload(load_checkpoint(path, kind="diffusion"), path, device, use_ema, vae_ckpt)
+
+
+def open_payload(payload: dict, path, device, use_ema: bool = True, vae_ckpt=None) -> LoadedModel:
+    """A checkpoint's contents (read from a .ckpt, or from an export's safetensors) as a LoadedModel."""
     from diffusion.device import resolve_device
     from diffusion.spaces import space_for_sampling
 
     device = resolve_device(device) if isinstance(device, str) else device
-    payload = load_checkpoint(path, kind="diffusion")
     config = stored_config(payload, path)
     vocabulary = payload["tokenizer"]["vocabulary"] if payload.get("tokenizer") else None
     model = build_diffusion_model(config, payload["data"], vocabulary)

@@ -52,6 +52,7 @@ def run_in_process(script: str, *args: str, cwd: Path) -> subprocess.CompletedPr
     import io
     import runpy
     import traceback
+    import warnings
 
     from hydra.core.global_hydra import GlobalHydra
 
@@ -62,7 +63,9 @@ def run_in_process(script: str, *args: str, cwd: Path) -> subprocess.CompletedPr
         os.chdir(cwd)
         sys.argv = [str(ROOT / script) if script.endswith(".py") else script, *args]
         GlobalHydra.instance().clear()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # runpy's note that `python -m diffusion.x` ran a module this process had imported already
+            warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
             try:
                 if script.endswith(".py"):
                     runpy.run_path(str(ROOT / script), run_name="__main__")
