@@ -128,3 +128,52 @@ def test_dit_without_an_autoencoder_or_with_an_unknown_class_is_one_line(dit_fil
     (tmp_path / "folder" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     with pytest.raises(UserError, match="is an autoencoder, not a denoiser"):
         load_model(tmp_path / "folder")
+
+
+# ---------------------------------------------------------------------------------------------- the papers' FID commands
+
+
+def fid_command():
+    """experiments/published/fid.py's main (a script, not a package module)."""
+    import importlib.util
+
+    from tiny import ROOT
+
+    spec = importlib.util.spec_from_file_location("published_fid", ROOT / "experiments" / "published" / "fid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_the_ddim_cifar10_fid_command_runs_at_toy_size(ddpm_pipeline, tmp_path, monkeypatch):
+    """experiments/published/fid.py ddim-cifar10 on a narrowed random pipeline and a miniature CIFAR-10: the
+    real Inception FID against statistics of the (miniature) training set, one row per step count."""
+    import torchvision
+
+    from fixtures import make_cifar10
+    main = fid_command()
+
+    source = torchvision.datasets.CIFAR10  # the miniature cannot match the published MD5s
+    monkeypatch.setattr(source, "train_list", [[name, None] for name, _ in source.train_list])
+    monkeypatch.setattr(source, "test_list", [[name, None] for name, _ in source.test_list])
+    monkeypatch.setattr(source, "meta", {**source.meta, "md5": None})
+    make_cifar10(tmp_path / "cifar10")
+    folder, _ = ddpm_pipeline
+    results = main(["ddim-cifar10", "--ckpt", str(folder), "--data", str(tmp_path / "cifar10"), "--steps", "2", "3",
+                    "--num", "4", "--reference-num", "4", "--batch-size", "4", "--device", "cpu",
+                    "--out", str(tmp_path / "out")])
+    assert [row["steps"] for row in results["fids"]] == [2, 3] and all(row["fid"] > 0 for row in results["fids"])
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["row"] == "ddim-cifar10"
+    with pytest.raises(UserError, match="already exists"):
+        main(["ddim-cifar10", "--ckpt", str(folder), "--data", str(tmp_path / "cifar10"), "--out", str(tmp_path / "out")])
+
+
+def test_the_dit_fid_command_runs_at_toy_size(dit_files, tmp_path):
+    from fixtures import make_image_folder
+    main = fid_command()
+
+    make_image_folder(tmp_path / "imagenet")
+    results = main(["dit", "--ckpt", str(dit_files / "DiT-S-2.pt"), "--vae", str(dit_files / "sd-vae"),
+                    "--reference", str(tmp_path / "imagenet"), "--steps", "3", "--num", "4", "--reference-num", "4",
+                    "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert results["fids"][0]["sampler"] == "ddpm" and results["fids"][0]["fid"] > 0
