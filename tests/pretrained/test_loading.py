@@ -152,6 +152,7 @@ def test_the_ddim_cifar10_fid_command_runs_at_toy_size(ddpm_pipeline, tmp_path, 
 
     from fixtures import make_cifar10
     main = fid_command()
+    monkeypatch.setenv("DIFFUSION_CACHE", str(tmp_path / "cache"))  # reference statistics stay in the test's folder
 
     source = torchvision.datasets.CIFAR10  # the miniature cannot match the published MD5s
     monkeypatch.setattr(source, "train_list", [[name, None] for name, _ in source.train_list])
@@ -168,9 +169,10 @@ def test_the_ddim_cifar10_fid_command_runs_at_toy_size(ddpm_pipeline, tmp_path, 
         main(["ddim-cifar10", "--ckpt", str(folder), "--data", str(tmp_path / "cifar10"), "--out", str(tmp_path / "out")])
 
 
-def test_the_dit_fid_command_runs_at_toy_size(dit_files, tmp_path):
+def test_the_dit_fid_command_runs_at_toy_size(dit_files, tmp_path, monkeypatch):
     from fixtures import make_image_folder
     main = fid_command()
+    monkeypatch.setenv("DIFFUSION_CACHE", str(tmp_path / "cache"))
 
     make_image_folder(tmp_path / "imagenet")
     results = main(["dit", "--ckpt", str(dit_files / "DiT-S-2.pt"), "--vae", str(dit_files / "sd-vae"),
