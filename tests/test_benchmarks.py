@@ -127,3 +127,15 @@ def test_the_gpu_command_runs_its_tiny_preset_here(tmp_path):
     assert rows[("train", True, "channels_last")]["compile_seconds"]["ours"] > 0
     todo = " ".join(results["todo"])
     assert "MFU" in todo and "compile contiguous" in todo  # no bf16 peak for a CPU: said, not guessed
+
+
+@pytest.mark.slow  # ~20 s: a narrowed network, one repeat
+def test_the_published_model_benchmark_runs_and_draws_the_same_images(tmp_path):
+    """benchmarks/published.py: DDIM sampling of the DDPM CIFAR-10 layout, ours beside diffusers' DDIMPipeline
+    (the same images from the same noise), memory in fresh processes, load time."""
+    from benchmarks.published import main
+
+    results = main(["--device", "cpu", "--batch", "2", "--steps", "3", "--repeats", "1", "--narrow", "--out", str(tmp_path)])
+    assert results["meta"]["max_image_difference"] <= 1e-4
+    assert {row["row"] for row in results["rows"]} == {"sample", "memory", "load"}
+    assert all(row["ours"] > 0 and row["reference"] > 0 for row in results["rows"])
