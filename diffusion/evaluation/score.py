@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from diffusion.config import CONF_DIR
 from diffusion.data.toybirds import ATTRIBUTES, RENDERER_VERSION, ToyBirds, parse_prompt
 from diffusion.evaluation.fid import fid_from_features, frechet_distance, gaussian_statistics, reference_statistics
 from diffusion.evaluation.kid import kernel_inception_distance
 from diffusion.cost import EnergyMeter, FlopTally
 from diffusion.pipeline import generate_images
 
-SAMPLER_DIR = Path(__file__).resolve().parents[2] / "conf" / "sampler"
+SAMPLER_DIR = CONF_DIR / "sampler"
 REFERENCE_SPLIT, REFERENCE_SEED = "val", 0
 PROMPT_SEED = 20_250  # the evaluation prompts come from their own test-split seed, never a training one
 
