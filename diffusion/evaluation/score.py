@@ -18,7 +18,6 @@ depend on the number of processes); features and probe readings are gathered on 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
