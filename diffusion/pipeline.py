@@ -63,9 +63,7 @@ def generate_images(
     inpaint = None
     if mask is not None:  # after every step, the known region is the init image noised to the new level
         keep = 1 - mask.to(device).float()
-
-        def inpaint(x, level):
-            return x + keep * (sampler.noised(init, noise, level) - x)
+        inpaint = lambda x, level: x + keep * (sampler.noised(init, noise, level) - x)  # noqa: E731
     x = sample_loop(sampler, denoise, x, levels, generators, callback=callback, inpaint=inpaint)
     images = tally.wrap("decode", decode)(x) if decode is not None else x
     return images.clamp(-1, 1)

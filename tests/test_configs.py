@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffusion import checkpoint as ckpt
-from diffusion.config import build, build_sampler, objective_for
+from diffusion.config import build_sampler, objective_for
 from diffusion.model import build_diffusion_model
 from diffusion.training.data import build_dataset, data_info
 from fixtures import make_cifar10, make_cub, make_image_folder, make_mnist

@@ -5,7 +5,6 @@ Each step is driven the way the sampling loop drives it: `step(denoise, x_t, t, 
 
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from diffusion.config import build_sampler, objective_for
 from diffusion.data.images import image_grid, save_png
 from diffusion.pipeline import generate_images
