@@ -51,7 +51,8 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
-        raise UserError(f"refusing to load {path}: it is not a plain-data checkpoint ({first[:160]})") from None
+        raise UserError(f"refusing to load {path}: it is not a plain-data checkpoint ({first[:120]}); for published "
+                        f"weights, give the .safetensors file of the same weights") from None
     except Exception as error:  # any other failure to parse means a damaged or foreign file
         raise UserError(f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint ({type(error).__name__})") from None
     if not isinstance(payload, dict) or "format_version" not in payload:
