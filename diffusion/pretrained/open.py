@@ -178,11 +178,19 @@ def default_sampler(learned_variance: bool) -> dict:
     return {**node, "timestep_spacing": "leading", "steps": 50}
 
 
+def build_on_meta(kwargs: dict, where: str) -> torch.nn.Module:
+    """The network of a `_target_` config with its tensors on the meta device (shapes, no values): its published
+    weights then replace them (`load_state_dict(assign=True)`) without first drawing a random initialisation that
+    they would overwrite (0.4 s of a 0.8 s load for DDPM CIFAR-10's 36M parameters, measured)."""
+    with torch.device("meta"):
+        return build(OmegaConf.create(kwargs), where=where)
+
+
 def assemble(kwargs: dict, state: dict, scheduler: dict, device, vae_ckpt, vae_folder, latent_side: int,
              source: dict) -> LoadedModel:
-    network = build(OmegaConf.create(kwargs), where=f"{source['path']} (as {kwargs['_target_']})")
+    network = build_on_meta(kwargs, where=f"{source['path']} (as {kwargs['_target_']})")
     try:
-        network.load_state_dict(state, strict=True)
+        network.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:
         raise UserError(f"{source['path']}: its weights do not fit the network its config describes "
                         f"({str(error).splitlines()[0][:160]})") from None
@@ -223,9 +231,9 @@ def open_latent_space(vae_path, device, latent_side: int, source: dict) -> Laten
             raise UserError(f"vae_ckpt={vae_path}: its keys are not an LDM / SD autoencoder's (first keys: "
                             f"{first_keys(published)})")
         kwargs, state = ldm_vae.network_config(published, SD_SCALE_FACTOR), ldm_vae.to_ours(published)
-    autoencoder = build(OmegaConf.create(kwargs), where=f"vae_ckpt={vae_path}")
+    autoencoder = build_on_meta(kwargs, where=f"vae_ckpt={vae_path}")
     try:
-        autoencoder.load_state_dict(state, strict=True)
+        autoencoder.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:
         raise UserError(f"vae_ckpt={vae_path}: weights do not fit its config ({str(error).splitlines()[0][:160]})") from None
     autoencoder = autoencoder.to(device).eval().requires_grad_(False)
