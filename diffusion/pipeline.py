@@ -17,7 +17,7 @@ from PIL import Image
 
 from diffusion.cost import FlopTally
 from diffusion.errors import UserError
-from diffusion.guidance import classifier_free_guidance
+from diffusion.guidance import guided_denoiser
 from diffusion.samplers import Sampler, StepInfo, per_image_normal, sample_loop, start
 
 
@@ -31,6 +31,7 @@ def generate_images(
     shape: tuple[int, int, int],  # (C, H, W) of the space the model denoises (pixels or latents)
     steps: int,
     guidance_scale: float = 1.0,
+    guidance: dict | None = None,  # the method and its options, e.g. {"name": "apg", "eta": 0.0}; None: classifier-free
     negative_prompt: str = "",
     class_labels: list[int] | None = None,
     init: torch.Tensor | None = None,  # [C, H, W] or [N, C, H, W] image (already in model space) for image-to-image
@@ -52,8 +53,9 @@ def generate_images(
     uncond = encode([negative_prompt] * n if text_conditional else None,
                           None if labels is None else torch.full_like(labels, -1), device=device)
     variance_half = getattr(sampler.objective, "learned_variance", False)  # guide the prediction, not the variance
-    denoise = tally.wrap("denoise", classifier_free_guidance(model, cond, uncond, guidance_scale,
-                                                            guided_channels=shape[0] if variance_half else None))
+    denoise = tally.wrap("denoise", guided_denoiser(guidance, model, cond, uncond, guidance_scale,
+                                                   guided_channels=shape[0] if variance_half else None,
+                                                   objective=sampler.objective))
 
     check_mask_has_init(mask, init)
     noise = per_image_normal(generators, shape, device)  # [N, C, H, W]

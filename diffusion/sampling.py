@@ -131,6 +131,7 @@ def generate(cfg) -> list[Path]:
         raise UserError(f"{clashes[0]} already exists; choose another out_dir (nothing was overwritten)")
     labels = class_labels(cfg, model, loaded.payload["data"], [p for p, _ in jobs], by_class_name)
 
+    guidance = OmegaConf.to_container(cfg.guidance) if cfg.get("guidance") else None  # {"name": ..., options}
     images, costs = [], []  # costs: one per image, its share of its batch's FLOPs, seconds and energy
     meter = EnergyMeter(device, cfg.get("cost", {}).get("power_watts"))
     for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="sampling", unit="batch", disable=len(jobs) <= cfg.batch_size):
@@ -139,7 +140,7 @@ def generate(cfg) -> list[Path]:
         meter.start()
         images.append(generate_images(
             model, sampler, [p for p, _ in batch], [s for _, s in batch], shape=shape, steps=steps,
-            guidance_scale=float(cfg.guidance_scale), negative_prompt=cfg.negative_prompt or "",
+            guidance_scale=float(cfg.guidance_scale), guidance=guidance, negative_prompt=cfg.negative_prompt or "",
             class_labels=None if labels is None else labels[start: start + cfg.batch_size],
             init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device, tally=tally).cpu())
         if device.type == "cuda":

@@ -59,6 +59,10 @@ class Objective:
         """(t, alpha) with x_t = alpha * (x0 + sigma * eps)."""
         raise NotImplementedError
 
+    def sigma_of_model_time(self, model_time: float) -> float:
+        """The sigma-view noise level of the time the network receives (guidance by noise level reads it)."""
+        raise NotImplementedError(f"the {self.name} objective does not map its model time to sigma")
+
     def prior_std(self, sigma_max: float) -> float:
         """Standard deviation of the sigma-view sample x0 + sigma eps at the start of sampling."""
         return sigma_max

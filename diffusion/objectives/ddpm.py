@@ -129,6 +129,10 @@ class DDPMObjective(Objective):
         t = float(np.interp(np.log(sigma), self.log_sigmas, np.arange(len(self.sigmas))))
         return t, 1.0 / (1.0 + sigma**2) ** 0.5
 
+    def sigma_of_model_time(self, model_time):
+        # the network receives the (possibly fractional) timestep itself; log sigma is linear between integers
+        return float(np.exp(np.interp(float(model_time), np.arange(len(self.sigmas)), self.log_sigmas)))
+
     def prior_std(self, sigma_max):
         # the VP prior x_T ~ N(0, I) in the sigma view: x_T / sqrt(a_T) has std sqrt(1 + sigma_max^2)
         return (1.0 + sigma_max**2) ** 0.5

@@ -85,5 +85,8 @@ class EDMObjective(Objective):
     def from_sigma(self, sigma):
         return sigma, 1.0
 
+    def sigma_of_model_time(self, model_time):
+        return math.exp(4 * float(model_time) / self.noise_scale)  # inverse of noise_scale * c_noise = noise_scale ln(sigma) / 4
+
     def __repr__(self):
         return f"EDMObjective(sigma_data={self.sigma_data}, p_mean={self.p_mean}, p_std={self.p_std})"

@@ -67,6 +67,11 @@ class FlowObjective(Objective):
     def velocity(self, model_output, x_t, t):
         return model_output
 
+    def sigma_of_model_time(self, model_time):
+        # x_t = (1 - t) (x0 + t / (1 - t) eps): sigma = t / (1 - t), infinite at t = 1
+        t = float(model_time) / self.timestep_scale
+        return t / (1 - t) if t < 1 else float("inf")
+
     def __repr__(self):
         return (f"FlowObjective(time_sampling={self.time_sampling}, logit_mean={self.logit_mean}, "
                 f"logit_std={self.logit_std}, shift={self.shift})")

@@ -1,0 +1,47 @@
+"""Guidance methods, one file each; every one wraps the network into the `denoise(x_t, t)` the samplers call.
+
+- `cfg`: classifier-free guidance (Ho & Salimans 2021), today's default;
+- `interval`: CFG only inside a sigma band, one conditional pass outside it (Kynkäänniemi et al. 2024);
+- `apg`: adaptive projected guidance (Sadat et al. 2024);
+- `rescale`: CFG rescale (Lin et al. 2024).
+
+Chosen with the `guidance` config group (`python sample.py ... guidance=apg guidance.eta=0`); `guided_denoiser`
+builds the one a spec names (the config node as a dict: `name` and the method's options).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from diffusion.errors import UserError, check_choice
+from diffusion.guidance.apg import adaptive_projected_guidance
+from diffusion.guidance.cfg import Denoiser, classifier_free_guidance, conditional
+from diffusion.guidance.interval import guidance_interval
+from diffusion.guidance.rescale import cfg_rescale
+
+METHODS = {"cfg": classifier_free_guidance, "interval": guidance_interval, "apg": adaptive_projected_guidance,
+           "rescale": cfg_rescale}
+GIVEN = ("model", "cond", "uncond", "scale", "guided_channels", "objective")  # filled in by the caller, not options
+
+
+def options_of(name: str) -> list[str]:
+    return [p for p in inspect.signature(METHODS[name]).parameters if p not in GIVEN]
+
+
+def guided_denoiser(spec, model, cond, uncond, scale: float, guided_channels: int | None = None,
+                    objective=None) -> Denoiser:
+    """The denoiser a spec names: None is classifier-free guidance; {"name": "apg", "eta": 0.0, ...} another."""
+    options = dict(spec or {})
+    name = options.pop("name", "cfg")
+    check_choice("guidance method (guidance=)", name, METHODS)
+    unknown = [key for key in options if key not in options_of(name)]
+    if unknown:
+        raise UserError(f"guidance={name} has no option {unknown[0]!r}; its options: {', '.join(options_of(name)) or 'none'}")
+    method = METHODS[name]
+    if "objective" in inspect.signature(method).parameters:
+        options["objective"] = objective
+    return method(model, cond, uncond, scale, guided_channels, **options)
+
+
+__all__ = ["METHODS", "Denoiser", "adaptive_projected_guidance", "cfg_rescale", "classifier_free_guidance",
+           "conditional", "guidance_interval", "guided_denoiser"]
