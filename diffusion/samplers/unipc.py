@@ -2,15 +2,16 @@
 data prediction, orders 1-3: one network call a step.
 
 In the sigma view, with lambda = -log sigma and a step from sigma_s to sigma_t, h = lambda_t - lambda_s,
-B(h) = -expm1(-h) (diffusers' B_h = expm1(-h), the sign folded in below), and the data estimates
+B(h) = expm1(-h) (bh2, as diffusers writes it for data prediction), and the data estimates
 D_k = D(x_k; sigma_k) of earlier steps at r_k = (lambda_k - lambda_s) / h (negative: they lie behind):
 
-    D1_k = (D_k - D_s) / r_k                                         scaled differences (eq. 6)
-    UniP-p:  x_t  = (sigma_t/sigma_s) x_s - expm1(-h) D_s - expm1(-h) sum_k rho_k D1_k        (Alg. 2)
-    UniC-p:  x_t^c = the same from x_s, plus the new point's term rho_p (D(x_t; sigma_t) - D_s)  (Alg. 1)
+    D1_k = (D_k - D_s) / r_k                                         scaled differences
+    UniP-p:  x_t  = (sigma_t/sigma_s) x_s - expm1(-h) D_s - B(h) sum_k rho_k D1_k
+    UniC-p:  x_t^c = the same from x_s, plus the new point's term B(h) rho_p (D(x_t; sigma_t) - D_s)
 
 with rho solving R rho = b, R_jk = r_k^(j-1) (r = 1 for the new point), b_j = j! phi_{j+1}(-h) / B(h)
-(Theorem 3.1; diffusers' shortcuts: UniP-2 takes rho = 1/2, UniC-1 rho = 1/2). A step at sigma_i:
+(UniP-p uses the first p - 1 rows and columns; diffusers' shortcuts: UniP-2 takes rho = 1/2, UniC-1
+rho = 1/2). UniC-p raises the order to p + 1. A step at sigma_i:
 
     1. D_i = D(x_i; sigma_i) at the predicted x_i
     2. UniC: correct x_i with D_i, from the previous step's start, history and order (memory)
