@@ -36,6 +36,8 @@ ALLOWED_TARGETS = frozenset({
     "diffusion.samplers.EulerSampler",
     "diffusion.samplers.HeunSampler",
     "diffusion.samplers.DPMPP2MSampler",
+    "diffusion.samplers.DPMPP2MSDESampler",
+    "diffusion.samplers.UniPCSampler",
     "diffusion.samplers.FlowEulerSampler",
     "diffusion.samplers.FlowHeunSampler",
     "diffusion.data.toybirds.ToyBirds",

@@ -1,22 +1,25 @@
 """Samplers, one file each, all of one shape: `step(denoise, x, level, level_next, memory, noise)` over a
 descending grid of levels, driven by the one loop in `loop.py`. A sampler's `family` says which
 objectives it fits: "discrete" (ddim, ddpm: integer timesteps of a DDPM schedule), "sigma" (euler, heun,
-dpmpp_2m: any objective with a sigma view) and "flow" (flow_euler, flow_heun: rectified flow)."""
+dpmpp_2m, dpmpp_2m_sde, unipc: any objective with a sigma view) and "flow" (flow_euler, flow_heun: rectified
+flow)."""
 
 from diffusion.samplers.base import Sampler, SamplerStep
 from diffusion.samplers.ddim import DDIMSampler
 from diffusion.samplers.ddpm import DDPMSampler
 from diffusion.samplers.dpm_solver import DPMPP2MSampler
+from diffusion.samplers.dpm_solver_sde import DPMPP2MSDESampler
 from diffusion.samplers.euler import EulerSampler
 from diffusion.samplers.flow import FlowEulerSampler, FlowHeunSampler
 from diffusion.samplers.heun import HeunSampler
 from diffusion.samplers.loop import StepInfo, per_image_normal, sample_loop, start
 from diffusion.samplers.sigmas import SIGMA_SPACINGS, SigmaSampler, karras_sigmas
 from diffusion.samplers.timesteps import TIMESTEP_SPACINGS, TimestepSampler, timestep_grid
+from diffusion.samplers.unipc import UniPCSampler
 
 # the sampler a user names (sampler=<name>): the name is the class's own `name`
 SAMPLERS = {cls.name: cls for cls in (DDIMSampler, DDPMSampler, EulerSampler, HeunSampler, DPMPP2MSampler,
-                                      FlowEulerSampler, FlowHeunSampler)}
+                                      DPMPP2MSDESampler, UniPCSampler, FlowEulerSampler, FlowHeunSampler)}
 
 
 def samplers_fitting(objective) -> list[str]:
@@ -25,6 +28,6 @@ def samplers_fitting(objective) -> list[str]:
 
 
 __all__ = ["Sampler", "SamplerStep", "DDIMSampler", "DDPMSampler", "EulerSampler", "HeunSampler", "DPMPP2MSampler",
-           "FlowEulerSampler", "FlowHeunSampler", "SigmaSampler", "TimestepSampler", "StepInfo", "per_image_normal",
+           "DPMPP2MSDESampler", "UniPCSampler", "FlowEulerSampler", "FlowHeunSampler", "SigmaSampler", "TimestepSampler", "StepInfo", "per_image_normal",
            "sample_loop", "start", "SAMPLERS", "samplers_fitting", "SIGMA_SPACINGS", "TIMESTEP_SPACINGS",
            "karras_sigmas", "timestep_grid"]
