@@ -93,7 +93,12 @@ def measure_in_subprocess(side: str, model: str, batch: int, settings, timeout: 
 def memory_row(model: str, settings) -> dict:
     from benchmarks.compare import compared
 
-    result = {side: measure_in_subprocess(side, model, settings.train_batch, settings) for side in ("ours", "reference")}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:  # two fresh processes side by side: each reports its own peak
+        futures = {side: pool.submit(measure_in_subprocess, side, model, settings.train_batch, settings)
+                   for side in ("ours", "reference")}
+        result = {side: future.result() for side, future in futures.items()}
     mib = {side: result[side]["peak_bytes"] / 2**20 for side in result}
     return compared("memory", model, "MiB (training step peak)", mib["ours"], mib["reference"], False,
                     batch=settings.train_batch, method=result["ours"]["method"], details=result)

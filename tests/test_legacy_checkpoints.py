@@ -14,7 +14,7 @@ from PIL import Image
 from diffusion import generate_images, load_model
 from diffusion.data.images import to_pil
 from diffusion.pipeline import load_init_image
-from tiny import CONF, run_script
+from tiny import CONF, run_in_process
 
 FIXTURES = __import__("pathlib").Path(__file__).resolve().parent / "fixtures"
 DDPM, FLOW = FIXTURES / "legacy_ddpm_before_redesign.ckpt", FIXTURES / "legacy_flow_before_redesign.ckpt"
@@ -54,7 +54,7 @@ def test_eta_and_image_to_image_draw_the_old_images_too():
 
 def test_sample_py_draws_the_old_flow_image_from_the_command_line(tmp_path):
     """The whole command: the checkpoint's own sampler (flow_euler, from `diffusion.schedulers.FlowEulerSampler`)."""
-    result = run_script("sample.py", f"ckpt={FLOW}", "prompt=a red bird", "num_images=2", "steps=4",
+    result = run_in_process("sample.py", f"ckpt={FLOW}", "prompt=a red bird", "num_images=2", "steps=4",
                         f"out_dir={tmp_path / 'out'}", "device=cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (np.asarray(Image.open(tmp_path / "out" / "0001_seed1.png").convert("RGB")) == expected("flow_flow_euler")).all()

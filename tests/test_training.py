@@ -13,7 +13,7 @@ from diffusion.errors import UserError
 from diffusion.data.images import read_png_metadata
 from diffusion import checkpoint as ckpt
 from diffusion.training import loop, train
-from tiny import run_script, tiny_train_cfg
+from tiny import run_in_process, run_script, tiny_train_cfg
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_sample_text_to_image_and_image_to_image_from_the_command_line(trained, 
 
     # the second image of that batch, alone, from its recorded seed: the same pixels
     alone = tmp_path / "alone"
-    result = run_script("sample.py", f"ckpt={trained}", "prompt=a red bird, facing left", "num_images=1",
+    result = run_in_process("sample.py", f"ckpt={trained}", "prompt=a red bird, facing left", "num_images=1",
                         f"seed={meta['seed']}", "steps=3", f"out_dir={alone}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert list(Image.open(alone / "0000_seed11.png").getdata()) == list(Image.open(out / "0001_seed11.png").getdata())
@@ -62,7 +62,7 @@ def test_sample_text_to_image_and_image_to_image_from_the_command_line(trained, 
     init = tmp_path / "init.png"
     Image.new("RGBA", (40, 30), (200, 20, 20, 128)).save(init)
     i2i = tmp_path / "i2i"
-    result = run_script("sample.py", f"ckpt={trained}", "prompt=a blue duck", f"init_image={init}", "strength=0.5",
+    result = run_in_process("sample.py", f"ckpt={trained}", "prompt=a blue duck", f"init_image={init}", "strength=0.5",
                         "num_images=2", "steps=4", f"out_dir={i2i}", "sampler=ddpm", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     meta = read_png_metadata(i2i / "0000_seed0.png")

@@ -130,7 +130,8 @@ def test_timestep_embedding_is_the_transformer_sinusoid():
 
 
 def test_the_network_learns_a_fixed_batch():
-    """A broken block (a wrong skip, a dead attention) would not fit 8 images in a few hundred steps."""
+    """A broken block (a wrong skip, a dead attention) would not fit 8 images in a hundred steps (measured: the loss
+    falls from 1.0 to ~2e-4, so a 50x drop leaves a wide margin)."""
     torch.manual_seed(0)
     schedule = NoiseSchedule.from_name("cosine")
     net = UNet(3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=16,
@@ -143,13 +144,13 @@ def test_the_network_learns_a_fixed_batch():
     x_t = schedule.add_noise(x0, noise, t)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
-    for _ in range(300):
+    for _ in range(100):
         loss = (net(x_t, t, cond) - noise).square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])
+    assert losses[-1] < losses[0] / 50, (losses[0], losses[-1])
 
 
 def word_unet(**kwargs) -> UNet:
