@@ -74,7 +74,7 @@ def sample_loop(
     for index, (level, level_next) in enumerate(pairs):
         noise = None
         if sampler.stochastic:
-            if generators is None:
+            if generators is None:  # a caller without seeds (a test, a notebook): image i draws from seed i
                 generators = [torch.Generator().manual_seed(i) for i in range(x.shape[0])]
             noise = per_image_normal(generators, x.shape[1:], x.device)
         out = sampler.step(denoise, x, level, level_next, memory, noise=noise)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from diffusion.errors import UserError, check_choice
-from diffusion.samplers.base import Sampler, check_steps, check_strength
+from diffusion.samplers.base import Sampler, check_steps
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
@@ -58,10 +58,6 @@ class TimestepSampler(Sampler):
     def levels(self, num_steps: int) -> list[int]:
         """Descending integer timesteps; the sampler steps from each to the next, then to -1 (x0)."""
         return timestep_grid(self.num_timesteps, num_steps, self.timestep_spacing).tolist()
-
-    def img2img_levels(self, num_steps: int, strength: float) -> list[int]:
-        check_strength(strength)
-        return super().img2img_levels(num_steps, strength)
 
     def noised(self, x0, noise, t):
         """q(x_t | x0) (Ho et al. 2020, eq. 4); t = -1 gives x0."""
