@@ -199,7 +199,7 @@ def test_lr_decay_follows_the_time_budget_when_it_is_ahead_of_the_steps():
 def test_a_run_fitted_to_its_time_budget_ends_annealed_and_finished(tmp_path):
     """trainer.fit_schedule_to_time: a run far too long for its budget stops at the budget with the lr at its
     final value (not cut mid-decay), draws its final sample grid, and records its training time."""
-    budget_minutes = 0.05
+    budget_minutes = 0.1  # 6 s: room for a few steps after the 2 warm-up steps even on a busy machine
     cfg = tiny_train_cfg(tmp_path, "trainer.max_steps=100000", f"trainer.max_minutes={budget_minutes}",
                          "trainer.fit_schedule_to_time=true", "trainer.log_every=1", "trainer.checkpoint_every=0")
     path = train(cfg)
@@ -216,3 +216,18 @@ def test_a_run_fitted_to_its_time_budget_ends_annealed_and_finished(tmp_path):
 def test_fit_schedule_to_time_without_a_budget_is_refused(tmp_path):
     with pytest.raises(UserError, match="needs a time budget: set trainer.max_minutes"):
         train(tiny_train_cfg(tmp_path, "trainer.fit_schedule_to_time=true"))
+
+
+def test_a_fresh_start_in_a_folder_that_holds_a_run_is_refused_and_changes_nothing(tmp_path, capsys):
+    """train.py into a run folder that already holds a run (no resume) would replace its last.ckpt and append to its
+    metrics: refused in one line naming the step it holds; resume=auto continues it, and says when there is
+    nothing left to train."""
+    train(tiny_train_cfg(tmp_path, "trainer.max_steps=2", "trainer.log_every=1"))
+    checkpoint, metrics = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "metrics.jsonl"
+    kept = checkpoint.read_bytes(), metrics.read_bytes()
+    with pytest.raises(UserError, match=r"already holds a run \(last.ckpt at step 2\); continue it with resume=auto"):
+        train(tiny_train_cfg(tmp_path, "trainer.max_steps=4"))
+    assert (checkpoint.read_bytes(), metrics.read_bytes()) == kept
+    capsys.readouterr()
+    train(tiny_train_cfg(tmp_path, "trainer.max_steps=2", "resume=auto"))
+    assert "already at step 2 >= trainer.max_steps=2; nothing to train" in capsys.readouterr().out

@@ -7,12 +7,19 @@ from pathlib import Path
 import torch
 
 from diffusion.checkpoint import find_resumable, load_checkpoint
+from diffusion.errors import UserError
 
 
 def resolve_resume(cfg, run_dir: Path, kind: str) -> dict | None:
-    """resume=null: start fresh; resume=<file>: that checkpoint; resume=auto: the newest loadable
-    checkpoint in this run folder, else in the newest sibling run (outputs/<date>/<time>/), else fresh."""
+    """resume=null: start fresh — refused in a run folder that already holds a run, which a fresh start would
+    overwrite; resume=<file>: that checkpoint; resume=auto: the newest loadable checkpoint in this run folder,
+    else in the newest sibling run (outputs/<date>/<time>/), else fresh."""
     if cfg.resume in (None, "", False):
+        held = find_resumable([run_dir])
+        if held is not None:
+            step = load_checkpoint(held).get("step")
+            raise UserError(f"{run_dir} already holds a run ({held.name} at step {step}); continue it with resume=auto, "
+                            f"or give another hydra.run.dir (nothing was changed)")
         return None
     if cfg.resume == "auto":
         here = [run_dir]
@@ -26,6 +33,9 @@ def resolve_resume(cfg, run_dir: Path, kind: str) -> dict | None:
         path = Path(str(cfg.resume))
     payload = load_checkpoint(path, kind=kind)
     payload["_path"] = str(path)
+    if int(payload.get("step", 0)) >= int(cfg.trainer.max_steps):
+        print(f"resume: {path} is already at step {payload['step']} >= trainer.max_steps={cfg.trainer.max_steps}; "
+              f"nothing to train (raise trainer.max_steps to continue)")
     return payload
 
 
