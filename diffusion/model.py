@@ -171,8 +171,13 @@ def open_payload(payload: dict, path, device, use_ema: bool = True, vae_ckpt=Non
     config = stored_config(payload, path)
     vocabulary = payload["tokenizer"]["vocabulary"] if payload.get("tokenizer") else None
     model = build_diffusion_model(config, payload["data"], vocabulary)
+    weights = legacy_keys(payload["ema" if use_ema else "model"])
+    broken = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise UserError(f"{path}: {len(broken)} weight tensors hold NaN or inf (first: {', '.join(broken[:3])}); "
+                        f"the run diverged before this checkpoint: use an earlier one")
     try:
-        model.load_state_dict(legacy_keys(payload["ema" if use_ema else "model"]))
+        model.load_state_dict(weights)
     except RuntimeError as error:
         raise UserError(f"{path}: weights do not match the stored config ({str(error).splitlines()[0][:120]})") from None
     model = model.to(device).eval()

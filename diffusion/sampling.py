@@ -9,6 +9,7 @@ checkpoint, prompts, init image and mask, check every value, draw in batches, wr
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -42,20 +43,37 @@ def read_prompts(cfg) -> list[str]:
     return prompts
 
 
+MAX_SEED = 2**63 - 2**32  # image i gets seed + i; torch's generators take seeds below 2**63 here, with room for i
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_sampling_values(cfg) -> None:
+    """Every value sample.py reads, before any work: one line naming the key, the value and what is allowed."""
     checks = [
-        ("num_images", cfg.num_images, isinstance(cfg.num_images, int) and cfg.num_images >= 1, "an integer >= 1"),
-        ("batch_size", cfg.batch_size, isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, "an integer >= 1"),
-        ("seed", cfg.seed, isinstance(cfg.seed, int) and cfg.seed >= 0, "an integer >= 0"),
-        ("guidance_scale", cfg.guidance_scale, isinstance(cfg.guidance_scale, (int, float)) and 0 <= cfg.guidance_scale <= 100,
+        ("num_images", cfg.num_images, is_int(cfg.num_images) and cfg.num_images >= 1, "an integer >= 1"),
+        ("batch_size", cfg.batch_size, is_int(cfg.batch_size) and cfg.batch_size >= 1, "an integer >= 1"),
+        ("seed", cfg.seed, is_int(cfg.seed) and 0 <= cfg.seed < MAX_SEED, f"an integer in [0, {MAX_SEED})"),
+        ("guidance_scale", cfg.guidance_scale, is_number(cfg.guidance_scale) and 0 <= cfg.guidance_scale <= 100,
          "a number in [0, 100] (1 = no guidance, 3-7 typical)"),
-        ("eta", cfg.eta, cfg.eta is None or (isinstance(cfg.eta, (int, float)) and 0 <= cfg.eta <= 1), "a number in [0, 1]"),
-        ("strength", cfg.strength, cfg.strength is None or (isinstance(cfg.strength, (int, float)) and 0 < cfg.strength <= 1),
+        ("eta", cfg.eta, cfg.eta is None or (is_number(cfg.eta) and 0 <= cfg.eta <= 1), "a number in [0, 1]"),
+        ("strength", cfg.strength, cfg.strength is None or (is_number(cfg.strength) and 0 < cfg.strength <= 1),
          "a number in (0, 1]"),
+        ("use_ema", cfg.use_ema, isinstance(cfg.use_ema, bool), "true or false"),
     ]
     for name, value, ok, allowed in checks:
         if not ok:
             raise UserError(f"{name}={value!r} is out of range: use {allowed}")
+    if cfg.strength is not None and not cfg.get("init_image"):
+        raise UserError(f"strength={cfg.strength} applies to image-to-image: give init_image=<picture> too, or drop strength")
+    if Path(str(cfg.out_dir)).is_file():
+        raise UserError(f"out_dir={cfg.out_dir} is a file; give a folder for the images (nothing was written)")
     check_power_watts(cfg)
 
 
@@ -143,6 +161,9 @@ def generate(cfg) -> list[Path]:
             guidance_scale=float(cfg.guidance_scale), guidance=guidance, negative_prompt=cfg.negative_prompt or "",
             class_labels=None if labels is None else labels[start: start + cfg.batch_size],
             init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device, tally=tally).cpu())
+        if not torch.isfinite(images[-1]).all():
+            raise UserError(f"the model produced non-finite values (NaN or inf) for seeds {batch[0][1]}..{batch[-1][1]}; "
+                            f"its weights or this sampler's settings are broken: no image was written for them")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         costs += [{"flops": tally.total / len(batch), "seconds": round(meter.seconds() / len(batch), 4),

@@ -43,6 +43,9 @@ def files(tmp_path_factory):
     config = OmegaConf.create(payload["config"])
     config.model = {"_target_": "os.system", "command": f"touch {marker}"}
     torch.save({**payload, "config": OmegaConf.to_yaml(config)}, crafted_config)
+    nan_weights = root / "nan_weights.ckpt"  # a run that diverged: every EMA weight NaN
+    torch.save({**payload, "ema": {k: v * float("nan") if v.is_floating_point() else v for k, v in payload["ema"].items()}},
+               nan_weights)
     text_as_png = root / "not_an_image.png"
     text_as_png.write_text("this is text, not a picture")
     from PIL import Image
@@ -55,7 +58,7 @@ def files(tmp_path_factory):
     (taken / "0000_seed0.png").write_bytes(b"an image the user keeps")
     return {"root": root, "good": good, "corrupt": corrupt, "v999": other_version, "pickle": crafted_pickle,
             "config": crafted_config, "marker": marker, "text_png": text_as_png, "taken": taken,
-            "init_png": init_png, "small_mask": small_mask}
+            "init_png": init_png, "small_mask": small_mask, "nan": nan_weights}
 
 
 def cases(f):
@@ -120,6 +123,13 @@ def cases(f):
         ("sample.py", [*sample[1:], "batch_size=0"], "batch_size=0 is out of range"),
         ("sample.py", [*sample[1:], "eta=-1"], "eta=-1 is out of range"),
         ("sample.py", [*sample[1:], "seed=-1"], "seed=-1 is out of range"),
+        ("sample.py", [*sample[1:], "seed=abc"], "seed='abc' is out of range"),
+        ("sample.py", [*sample[1:], f"seed={2**64}"], "is out of range: use an integer in [0, "),
+        ("sample.py", [*sample[1:], "use_ema=no"], "use_ema='no' is out of range: use true or false"),
+        ("sample.py", [*sample[1:], "strength=0.5"], "strength=0.5 applies to image-to-image"),
+        ("sample.py", [*sample[1:-1], f"out_dir={f['text_png']}"], "is a file; give a folder"),
+        ("sample.py", [*sample[1:], "steps=abc"], "steps must be an integer"),
+        ("sample.py", [f"ckpt={f['nan']}", *sample[2:]], "weight tensors hold NaN or inf"),
         ("sample.py", [*sample[1:], "device=cuda:7"], "no CUDA GPU"),
         ("sample.py", [*sample[1:], "colour=red"], "unknown config key 'colour'"),
         ("sample.py", [*sample[1:], "sampler=dpm"], "Could not find 'sampler/dpm'; available: ddim, ddpm, dpmpp_2m"),
