@@ -59,11 +59,19 @@ def power_profile_inner_product(t_a, gamma_a, t_b, gamma_b) -> np.ndarray:
 def reconstruction_coefficients(stored_t, stored_gamma, target_t, target_gamma) -> np.ndarray:
     """X minimising || sum_i X_i f_i - f_target ||^2 over the stored profiles (EDM2 Algorithm 3): A X = B with A the
     stored profiles' Gram matrix and B their inner products with the target. Shape (number stored,)."""
+    return reconstruction_fit(stored_t, stored_gamma, target_t, target_gamma)[0]
+
+
+def reconstruction_fit(stored_t, stored_gamma, target_t, target_gamma) -> tuple[np.ndarray, float]:
+    """The coefficients X, and the fit's relative error || sum_i X_i f_i - f_target || / || f_target ||."""
     stored_t, stored_gamma = np.asarray(stored_t, np.float64).ravel(), np.asarray(stored_gamma, np.float64).ravel()
     gram = power_profile_inner_product(stored_t[:, None], stored_gamma[:, None], stored_t[None, :], stored_gamma[None, :])
     target = power_profile_inner_product(stored_t, stored_gamma, float(target_t), float(target_gamma))
     # least squares rather than solve: snapshots of near-equal profiles make A nearly singular
-    return np.linalg.lstsq(gram, target, rcond=None)[0]
+    x = np.linalg.lstsq(gram, target, rcond=None)[0]
+    norm = power_profile_inner_product(target_t, target_gamma, target_t, target_gamma)
+    squared_error = norm - 2 * x @ target + x @ gram @ x
+    return x, float(np.sqrt(max(squared_error, 0.0) / norm))
 
 
 def float_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -136,32 +144,44 @@ class PosthocSnapshots:
             profile.load_state_dict(saved)
 
 
-def read_snapshots(run_dir: Path) -> list[dict]:
+def snapshot_paths(run_dir: Path) -> list[Path]:
     paths = sorted((Path(run_dir) / "posthoc_ema").glob("snapshot_*.pt"))
     if not paths:
         raise UserError(f"no post-hoc EMA snapshots in {Path(run_dir) / 'posthoc_ema'}: train with "
                         f"trainer.posthoc_ema.every=<steps> (e.g. 1000) to write them")
-    return [ckpt.load_checkpoint(path) for path in paths]
+    return paths
 
 
-def reconstruct(snapshots: list[dict], sigma_rel: float) -> tuple[dict[str, torch.Tensor], int, np.ndarray]:
-    """The float parameters of the EMA with `sigma_rel` at the last snapshot's step, its step and the coefficients."""
+def reconstruct(snapshots: list, sigma_rel: float) -> tuple[dict[str, torch.Tensor], int, np.ndarray, float]:
+    """The float parameters of the EMA with `sigma_rel` at the last snapshot's step, that step, the coefficients
+    and the fit's relative error. `snapshots`: snapshot dicts, or their files (read twice, one at a time, so
+    memory holds one snapshot and the sum, however many there are)."""
+    def read(snapshot) -> dict:
+        return ckpt.load_checkpoint(snapshot) if isinstance(snapshot, Path) else snapshot
+
     gamma = sigma_rel_to_gamma(sigma_rel)
-    stored = [(s["step"], g, w) for s in snapshots for g, w in zip(s["gammas"], s["weights"])]
-    target_t = max(t for t, _, _ in stored)
-    coefficients = reconstruction_coefficients([t for t, _, _ in stored], [g for _, g, _ in stored], target_t, gamma)
-    combined = {}
-    for (_, _, weights), x in zip(stored, coefficients):
-        for name, tensor in weights.items():
-            combined[name] = combined.get(name, 0) + x * tensor.double()
-    last = stored[-1][2]
-    return {name: tensor.to(last[name].dtype) for name, tensor in combined.items()}, target_t, coefficients
+    stored_t, stored_gamma = [], []
+    for snapshot in snapshots:
+        header = read(snapshot)
+        stored_t += [header["step"]] * len(header["gammas"])
+        stored_gamma += list(header["gammas"])
+    target_t = max(stored_t)
+    coefficients, fit_error = reconstruction_fit(stored_t, stored_gamma, target_t, gamma)
+    combined, dtypes, x = {}, {}, iter(coefficients)
+    for snapshot in snapshots:
+        for weights in read(snapshot)["weights"]:
+            coefficient = next(x)
+            for name, tensor in weights.items():
+                combined[name] = combined.get(name, 0) + coefficient * tensor.double()
+                dtypes[name] = tensor.dtype
+    return {name: tensor.to(dtypes[name]) for name, tensor in combined.items()}, target_t, coefficients, fit_error
 
 
-def write_posthoc_checkpoint(run_dir, sigma_rel: float, out=None, overwrite: bool = False) -> Path:
-    """A copy of the run's last.ckpt whose "ema" weights are the reconstructed EMA of `sigma_rel`."""
+def write_posthoc_checkpoint(run_dir, sigma_rel: float, out=None, overwrite: bool = False) -> tuple[Path, float]:
+    """A copy of the run's last.ckpt whose "ema" weights are the reconstructed EMA of `sigma_rel`; its path and the
+    fit's relative error."""
     run_dir = Path(run_dir)
-    weights, step, _ = reconstruct(read_snapshots(run_dir), sigma_rel)
+    weights, step, _, fit_error = reconstruct(snapshot_paths(run_dir), sigma_rel)
     out = Path(out) if out else run_dir / "checkpoints" / f"posthoc_ema_{sigma_rel:g}.ckpt"
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; give overwrite=true to replace it, or another out=")
@@ -174,7 +194,10 @@ def write_posthoc_checkpoint(run_dir, sigma_rel: float, out=None, overwrite: boo
     payload["ema"] = {**payload["ema"], **weights}
     payload["posthoc_ema"] = {"sigma_rel": sigma_rel, "step": step}
     payload.pop("format_version")
-    return ckpt.save_checkpoint(payload, out)
+    if fit_error > 0.1:  # EDM2 Fig. 3: lengths well outside the tracked pair are only approximated
+        print(f"note: the snapshots approximate sigma_rel={sigma_rel:g} with {100 * fit_error:.0f}% relative error in "
+              f"its weight profile; track a closer sigma_rel to reconstruct it well", file=sys.stderr)
+    return ckpt.save_checkpoint(payload, out), fit_error
 
 
 def main(argv: list[str]) -> None:
@@ -199,8 +222,9 @@ def main(argv: list[str]) -> None:
     sigma_rel_to_gamma(sigma_rel)  # the range, before any file is read
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder not found: {run_dir}")
-    out = write_posthoc_checkpoint(run_dir, sigma_rel, values["out"], values["overwrite"] == "true")
-    print(f"wrote {out}: python sample.py ckpt={out}")
+    out, fit_error = write_posthoc_checkpoint(run_dir, sigma_rel, values["out"], values["overwrite"] == "true")
+    print(f"wrote {out} (EMA sigma_rel={sigma_rel:g}; weight profile fitted to {100 * fit_error:.2g}%): "
+          f"python sample.py ckpt={out}")
 
 
 if __name__ == "__main__":
