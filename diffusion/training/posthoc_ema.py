@@ -192,7 +192,7 @@ def write_posthoc_checkpoint(run_dir, sigma_rel: float, out=None, overwrite: boo
     if missing:
         raise UserError(f"the snapshots do not fit {run_dir / 'checkpoints' / 'last.ckpt'} (e.g. {sorted(missing)[0]})")
     payload["ema"] = {**payload["ema"], **weights}
-    payload["posthoc_ema"] = {"sigma_rel": sigma_rel, "step": step}
+    payload["posthoc_ema_reconstruction"] = {"sigma_rel": sigma_rel, "step": step}  # "posthoc_ema" stays: the profiles
     payload.pop("format_version")
     if fit_error > 0.1:  # EDM2 Fig. 3: lengths well outside the tracked pair are only approximated
         print(f"note: the snapshots approximate sigma_rel={sigma_rel:g} with {100 * fit_error:.0f}% relative error in "

@@ -116,7 +116,9 @@ def test_a_tiny_run_writes_snapshots_and_the_command_writes_a_checkpoint_that_sa
     assert result.returncode == 0, result.stderr
     out = run / "checkpoints" / "posthoc_ema_0.07.ckpt"
     written, original = ckpt.load_checkpoint(out), ckpt.load_checkpoint(last)
-    assert written["ema"].keys() == original["ema"].keys() and written["posthoc_ema"] == {"sigma_rel": 0.07, "step": 5}
+    assert written["ema"].keys() == original["ema"].keys()
+    assert written["posthoc_ema_reconstruction"] == {"sigma_rel": 0.07, "step": 5}
+    assert written["posthoc_ema"]["sigma_rels"] == [0.05, 0.10]  # a copy of last.ckpt: it resumes too
     assert not all(torch.equal(written["ema"][k], original["ema"][k]) for k in original["ema"])
     loaded = load_model(out)
     images = generate_images(loaded.model, loaded.sampler(), ["a red bird"], [0], shape=loaded.shape, steps=2,
