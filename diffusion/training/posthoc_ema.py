@@ -98,7 +98,8 @@ class PowerFunctionEMA:
 
     def load_state_dict(self, state: dict) -> None:
         if set(state["weights"]) != set(self.weights):
-            raise UserError("the checkpoint's post-hoc EMA profiles do not fit this model; resume with the config it was trained with")
+            raise UserError("the checkpoint's post-hoc EMA profiles do not fit this model; resume with the config it "
+                            "was trained with")
         self.gamma = float(state["gamma"])
         for name, tensor in state["weights"].items():
             self.weights[name].copy_(tensor)
@@ -201,7 +202,8 @@ def write_posthoc_checkpoint(run_dir, sigma_rel: float, out=None, overwrite: boo
 
 
 def main(argv: list[str]) -> None:
-    usage = "usage: python -m diffusion.training.posthoc_ema <run dir> sigma_rel=<0..0.288> [out=<file.ckpt>] [overwrite=true]"
+    usage = ("usage: python -m diffusion.training.posthoc_ema <run dir> sigma_rel=<0..0.288> [out=<file.ckpt>] "
+             "[overwrite=true]")
     run_dir, values = None, {"sigma_rel": None, "out": None, "overwrite": "false"}
     for argument in argv:
         key, sep, value = argument.partition("=")
