@@ -28,8 +28,8 @@ from diffusion.training.data import batch_stream, build_dataset, data_info
 from diffusion.training.ema import EMA
 from diffusion.training.grids import SampleGrid, fixed_prompts
 from diffusion.training.logging import MetricsLogger
-from diffusion.training.posthoc_ema import PosthocSnapshots
 from diffusion.training.optim import lr_at, make_optimizer, set_lr
+from diffusion.training.posthoc_ema import PosthocSnapshots
 from diffusion.training.resume import resolve_resume, restore_rng, rng_state
 from diffusion.training.runtime import Processes, autocast, close_processes, init_processes, step_generator
 from diffusion.training.signals import GracefulStop
