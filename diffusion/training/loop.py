@@ -29,6 +29,7 @@ from diffusion.training.ema import EMA
 from diffusion.training.grids import SampleGrid, fixed_prompts
 from diffusion.training.logging import MetricsLogger
 from diffusion.training.optim import lr_at, make_optimizer, set_lr
+from diffusion.training.posthoc_ema import PosthocSnapshots
 from diffusion.training.resume import resolve_resume, restore_rng, rng_state
 from diffusion.training.runtime import Processes, autocast, close_processes, init_processes, step_generator
 from diffusion.training.signals import GracefulStop
@@ -79,12 +80,16 @@ def train_denoiser(cfg, processes, device: torch.device) -> Path:
     memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     ema = EMA(model, trainer.ema_decay, trainer.ema_warmup)
+    posthoc = trainer.get("posthoc_ema", {})  # power-function EMA profiles for choosing the length after training
+    posthoc = PosthocSnapshots(model, posthoc.sigma_rels, posthoc.every, run_dir) if posthoc.get("every", 0) else None
     optimizer = make_optimizer(model.parameters(), cfg.optim, device,
                                model.text_encoder.parameters() if model.text_encoder is not None else ())
     start_step, samples_seen, trained_before = 0, 0, 0.0
     if resumed:
         start_step, samples_seen = load_training_state(resumed, model, ema, optimizer)
         trained_before = float(resumed.get("train_seconds", 0.0))
+        if posthoc:
+            posthoc.load_state_dict(resumed.get("posthoc_ema"))
     objective = objective_for(cfg)
 
     cost = RunCost(training_flops_per_image(model, objective, cfg, dataset, info, device, memory_format), device,
@@ -114,6 +119,8 @@ def train_denoiser(cfg, processes, device: torch.device) -> Path:
         payload["samples_seen"] = samples_seen
         payload["train_seconds"] = trained_before + time.time() - start_time  # across resumes
         payload["cost"] = cost.totals(samples_seen)
+        if posthoc:
+            payload["posthoc_ema"] = posthoc.state_dict()
         if periodic:
             ckpt.save_checkpoint(payload, checkpoint_dir / f"step_{step:07d}.ckpt")
             ckpt.prune_checkpoints(checkpoint_dir, trainer.keep_last)
@@ -140,6 +147,8 @@ def train_denoiser(cfg, processes, device: torch.device) -> Path:
             set_lr(optimizer, lr)
             loss = train_step(forward, model, ema, optimizer, [next(stream) for _ in range(trainer.grad_accum)],
                               objective, cfg, processes, device, step, memory_format)
+            if posthoc:
+                posthoc.update(model, step)
             loss_sum += loss
             nonfinite |= ~torch.isfinite(loss)
             step += 1
@@ -178,6 +187,8 @@ def train_denoiser(cfg, processes, device: torch.device) -> Path:
                 if bool(nonfinite):
                     raise diverged(step, last_good)
                 last_good = (save(step, periodic=True), step)
+            if processes.is_main and posthoc:
+                posthoc.save(step, final=finishing)
             if processes.is_main and trainer.sample_every and step % trainer.sample_every == 0 and not finishing:
                 logger.log_image(step, "samples", grid.draw(ema.model, step))
             if stopping:
