@@ -42,9 +42,9 @@ def psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     return (vectors * np.sqrt(numerically_nonnegative(values))) @ vectors.T
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """Tr (S_1 S_2)^{1/2} via the similar symmetric matrix S_1^{1/2} S_2 S_1^{1/2}."""
-    root1 = psd_sqrt(sigma1)
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, root1: np.ndarray | None = None) -> float:
+    """Tr (S_1 S_2)^{1/2} via the similar symmetric matrix S_1^{1/2} S_2 S_1^{1/2} (root1: S_1^{1/2}, if known)."""
+    root1 = psd_sqrt(sigma1) if root1 is None else root1
     middle = root1 @ sigma2 @ root1
     return float(np.sqrt(numerically_nonnegative(np.linalg.eigvalsh((middle + middle.T) / 2))).sum())
 
@@ -56,6 +56,20 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
         raise ValueError(f"shapes do not match: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape}")
     difference = mu1 - mu2
     return float(difference @ difference + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2))
+
+
+def distance_to(mu_ref, sigma_ref):
+    """features [N, D] -> FID against fixed reference statistics, with the reference's square root computed
+    once (the bootstrap calls it a few hundred times)."""
+    mu_ref, sigma_ref = np.asarray(mu_ref, dtype=np.float64), np.asarray(sigma_ref, dtype=np.float64)
+    root_ref, trace_ref = psd_sqrt(sigma_ref), float(np.trace(sigma_ref))
+
+    def fid(features) -> float:
+        mu, sigma = gaussian_statistics(features)
+        difference = mu - mu_ref
+        return float(difference @ difference + np.trace(sigma) + trace_ref - 2 * trace_sqrt_product(sigma_ref, sigma, root_ref))
+
+    return fid
 
 
 def gaussian_statistics(features) -> tuple[np.ndarray, np.ndarray]:
