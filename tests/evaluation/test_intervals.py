@@ -56,10 +56,10 @@ def test_seed_summary_t_interval_needs_three_seeds():
 
 
 def run_evaluation(tiny_checkpoint, quick_probe_cache, tmp_path, monkeypatch, *extra):
-    from tiny import run_script
+    from tiny import run_in_process  # in this process: saves the interpreter's start and the imports
 
     monkeypatch.setenv("DIFFUSION_CACHE", str(quick_probe_cache))
-    return run_script("diffusion.evaluation", "--ckpt", str(tiny_checkpoint), "--num-images", "12", "--batch-size", "6",
+    return run_in_process("diffusion.evaluation", "--ckpt", str(tiny_checkpoint), "--num-images", "12", "--batch-size", "6",
                       "--steps", "3", "--kid-subsets", "4", "--kid-subset-size", "8", "--device", "cpu",
                       "--fid-resamples", "50", *extra, cwd=tmp_path)
 
