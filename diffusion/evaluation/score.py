@@ -196,8 +196,8 @@ def evaluate(loaded, extractor, *, num: int = 1000, ref_num: int | None = None, 
     adherence = adherence_from_predictions([row[2] for row in rows], prompted)
     hits = adherence_hits([row[2] for row in rows], prompted, list(adherence))
     intervals = adherence_intervals(hits, list(adherence), resamples=adherence_resamples, seed=seed)
-    fid = distance_to(reference["mu"].numpy(), reference["sigma"].numpy())
-    intervals["fid_interval"] = list(bootstrap_interval(features.double().numpy(), fid, resamples=fid_resamples,
+    project, fid_of_projected = distance_to(reference["mu"].numpy(), reference["sigma"].numpy())
+    intervals["fid_interval"] = list(bootstrap_interval(project(features), fid_of_projected, resamples=fid_resamples,
                                                         seed=seed, recentre=True))
     return {
         **scores, **intervals,

@@ -110,3 +110,30 @@ def test_bad_guidance_is_one_line_before_any_work(tiny_checkpoint, tmp_path, mon
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "empty-cache").exists()
+
+
+@pytest.mark.parametrize("n, d", [(300, 16), (20, 64)])  # more images than dimensions, and fewer (the Gram route)
+def test_distance_to_a_fixed_reference_equals_the_frechet_distance(n, d):
+    from diffusion.evaluation.fid import distance_to, frechet_distance, gaussian_statistics
+
+    rng = np.random.default_rng(n)
+    reference = rng.standard_normal((500, d)) * rng.uniform(0.5, 2, d)
+    features = rng.standard_normal((n, d)) + 0.3
+    mu_ref, sigma_ref = gaussian_statistics(reference)
+    expected = frechet_distance(*gaussian_statistics(features), mu_ref, sigma_ref)
+    project, fid_of_projected = distance_to(mu_ref, sigma_ref)
+    assert fid_of_projected(project(features)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_fid_interval_is_recentred_on_the_point_estimate():
+    # real-like data: the raw percentile interval of a resampled FID sits above the point (resampling repeats
+    # images, which adds bias); recentred, it brackets the point
+    from diffusion.evaluation.fid import distance_to, gaussian_statistics
+
+    rng = np.random.default_rng(5)
+    mu_ref, sigma_ref = gaussian_statistics(rng.standard_normal((2000, 8)))
+    project, fid = distance_to(mu_ref, sigma_ref)
+    rows = project(rng.standard_normal((60, 8)))
+    raw = bootstrap_interval(rows, fid, resamples=200)
+    low, high = bootstrap_interval(rows, fid, resamples=200, recentre=True)
+    assert raw[0] > fid(rows) and low <= fid(rows) <= high
