@@ -58,6 +58,35 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(difference @ difference + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2))
 
 
+def distance_to(mu_ref, sigma_ref):
+    """(project, fid_of_projected) for FID against fixed reference statistics, for the bootstrap's few hundred
+    calls: `project(features [N, D])` gives rows [N, 2D] = [X, X R] (R: the reference's square root, computed once),
+    and `fid_of_projected(rows)` the FID of those images, so a resample of images is a resample of rows and X R is
+    never recomputed. With Y = (X R - mean) / sqrt(N - 1), the middle matrix R S R is Y^T Y, whose nonzero
+    eigenvalues are those of the smaller of Y Y^T [N, N] and Y^T Y [D, D] (Inception: 2048-d, usually N < D).
+    fid_of_projected(project(x)) equals `frechet_distance` of `gaussian_statistics(x)` and the reference."""
+    mu_ref, sigma_ref = np.asarray(mu_ref, dtype=np.float64), np.asarray(sigma_ref, dtype=np.float64)
+    root_ref, trace_ref, d = psd_sqrt(sigma_ref), float(np.trace(sigma_ref)), mu_ref.shape[0]
+
+    def project(features) -> np.ndarray:
+        x = np.asarray(torch.as_tensor(features).double().cpu())
+        if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] != d:
+            raise ValueError(f"need features [N >= 2, {d}], got shape {x.shape}")
+        return np.concatenate([x, x @ root_ref], axis=1)  # [N, 2D]
+
+    def fid_of_projected(rows: np.ndarray) -> float:
+        x, x_root = rows[:, :d], rows[:, d:]  # [N, D] each
+        n, mu = x.shape[0], x.mean(axis=0)
+        y = (x_root - x_root.mean(axis=0)) / np.sqrt(n - 1)  # [N, D]
+        gram = y @ y.T if n < d else y.T @ y
+        trace_sigma = float(((x - mu) ** 2).sum() / (n - 1))
+        trace_sqrt = float(np.sqrt(numerically_nonnegative(np.linalg.eigvalsh((gram + gram.T) / 2))).sum())
+        difference = mu - mu_ref
+        return float(difference @ difference + trace_sigma + trace_ref - 2 * trace_sqrt)
+
+    return project, fid_of_projected
+
+
 def gaussian_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean [D] and unbiased covariance [D, D] of features [N, D], in float64."""
     features = np.asarray(torch.as_tensor(features).double().cpu())

@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 
 from diffusion.config import CONF_DIR
 from diffusion.data.toybirds import ATTRIBUTES, RENDERER_VERSION, ToyBirds, parse_prompt
-from diffusion.evaluation.fid import fid_from_features, frechet_distance, gaussian_statistics, reference_statistics
+from diffusion.evaluation.fid import (distance_to, fid_from_features, frechet_distance, gaussian_statistics,
+                                      reference_statistics)
+from diffusion.evaluation.intervals import adherence_hits, adherence_intervals, bootstrap_interval
 from diffusion.evaluation.kid import kernel_inception_distance
 from diffusion.cost import EnergyMeter, FlopTally
 from diffusion.pipeline import generate_images
@@ -80,8 +82,9 @@ def toybirds_reference(extractor, resolution: int, count: int, cache_dir=None, b
 @torch.no_grad()
 def generate(loaded, prompts: list[str], seeds: list[int], *, steps: int | None = None, guidance_scale: float = 3.0,
              sampler_cfg=None, eta: float | None = None, batch_size: int = 64, device="cpu", progress: bool = True,
-             negative_prompt: str = "", on_batch=None, cost: dict | None = None):
+             negative_prompt: str = "", on_batch=None, cost: dict | None = None, guidance: dict | None = None):
     """Generate one image per (prompt, seed) in batches: yields (indices, images [B, 3, H, W] in [-1, 1] on the CPU).
+    `guidance` is the method and its options ({"name": "apg", "eta": 0.2}; None: classifier-free guidance).
     `on_batch(indices, images)` is called too, when given; into `cost`, when given, go the generation's FLOPs,
     images, seconds and joules (summed over batches) and the energy figure's source."""
     sampler = loaded.sampler(sampler_cfg, eta=eta)
@@ -95,7 +98,7 @@ def generate(loaded, prompts: list[str], seeds: list[int], *, steps: int | None 
         tally = FlopTally(enabled=cost is not None)
         meter.start()
         images = generate_images(loaded.model, sampler, [prompts[i] for i in indices], [seeds[i] for i in indices],
-                                 shape=shape, steps=steps, guidance_scale=guidance_scale,
+                                 shape=shape, steps=steps, guidance_scale=guidance_scale, guidance=guidance,
                                  negative_prompt=negative_prompt, decode=loaded.space.decode, device=device,
                                  tally=tally).cpu()
         if cost is not None:  # .cpu() above waited for the device
@@ -140,9 +143,14 @@ def gather(objects: list, processes) -> list:
 def evaluate(loaded, extractor, *, num: int = 1000, ref_num: int | None = None, steps: int | None = None,
              guidance_scale: float = 3.0, sampler_cfg=None, eta: float | None = None, batch_size: int = 64,
              seed: int = 0, kid_subsets: int = 100, kid_subset_size: int = 1000, cache_dir=None, device="cpu",
-             processes=None, probe=None, keep_images: int = 64, progress: bool = True) -> dict | None:
+             processes=None, probe=None, keep_images: int = 64, progress: bool = True, guidance: dict | None = None,
+             adherence_resamples: int = 1000, fid_resamples: int = 200) -> dict | None:
     """Generate `num` images and score them (toy-birds checkpoints only). Returns the results on rank 0
-    (None on other ranks). `keep_images` of them come back under "images" for a grid."""
+    (None on other ranks). `keep_images` of them come back under "images" for a grid.
+    Beside each headline a 95% bootstrap interval over the images (diffusion/evaluation/intervals.py):
+    "adherence_interval" {attribute: [low, high]}, "adherence_mean" with "adherence_mean_interval", "fid_interval"
+    (the generated features resampled against the fixed reference statistics; fewer resamples, each one costs
+    two eigen-decompositions of a [D, D] matrix)."""
     from diffusion.errors import UserError
     from diffusion.training.runtime import Processes
 
@@ -166,7 +174,7 @@ def evaluate(loaded, extractor, *, num: int = 1000, ref_num: int | None = None, 
     for indices, images in generate(loaded, [prompts[i] for i in mine], [seeds[i] for i in mine], steps=steps,
                                     guidance_scale=guidance_scale, sampler_cfg=sampler_cfg, eta=eta,
                                     batch_size=batch_size, device=device, progress=progress and processes.is_main,
-                                    cost=cost):
+                                    cost=cost, guidance=guidance):
         features, readings = extractor(images), predict(probe, images)
         for k, i in enumerate(indices):
             rows.append((mine[i], features[k], readings[k], images[k] if mine[i] < keep_images else None))
@@ -185,15 +193,23 @@ def evaluate(loaded, extractor, *, num: int = 1000, ref_num: int | None = None, 
     scores = quality(features, reference, kid_subsets, kid_subset_size)
     floor = quality(real_features, reference, kid_subsets, kid_subset_size)
     sampler_cfg = sampler_cfg or loaded.config.sampler
+    adherence = adherence_from_predictions([row[2] for row in rows], prompted)
+    hits = adherence_hits([row[2] for row in rows], prompted, list(adherence))
+    intervals = adherence_intervals(hits, list(adherence), resamples=adherence_resamples, seed=seed)
+    project, fid_of_projected = distance_to(reference["mu"].numpy(), reference["sigma"].numpy())
+    intervals["fid_interval"] = list(bootstrap_interval(project(features), fid_of_projected, resamples=fid_resamples,
+                                                        seed=seed, recentre=True))
     return {
-        **scores,
+        **scores, **intervals,
         "fid_real_renders": floor["fid"], "kid_real_renders": floor["kid"],
-        "adherence": adherence_from_predictions([row[2] for row in rows], prompted),
+        "adherence": adherence,
         "adherence_real_renders": adherence_from_predictions(predict(probe, real), prompted),
         "chance": {name: 1 / len(values) for name, values in ATTRIBUTES.items()},
         "extractor": extractor.name, "num_images": num, "ref_num": ref_num, "processes": processes.world_size,
         "sampler": sampler_cfg.get("_target_", "?").rsplit(".", 1)[-1], "steps": int(steps or sampler_cfg.steps),
-        "guidance_scale": guidance_scale, "seed": seed, "generation_seconds": round(seconds, 2),
+        "guidance_scale": guidance_scale, "guidance": dict(guidance or {"name": "cfg"}), "seed": seed,
+        "bootstrap": {"level": 0.95, "adherence_resamples": adherence_resamples, "fid_resamples": fid_resamples,
+                      "fid": "recentred by the resampling bias", "seed": seed}, "generation_seconds": round(seconds, 2),
         "ckpt_step": int(loaded.payload.get("step", -1)), "cost_per_image": cost_per_image,
         "images": torch.stack([row[3] for row in rows if row[3] is not None]) if keep_images else None,
         "prompts": prompts[:keep_images],
