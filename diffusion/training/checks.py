@@ -31,6 +31,20 @@ def validate_trainer(cfg) -> None:
         raise UserError("trainer.fit_schedule_to_time=true needs a time budget: set trainer.max_minutes too")
     check_choice("logger.mode", cfg.logger.get("mode", "offline"), ("offline", "online", "disabled"))
     check_power_watts(cfg)
+    posthoc = trainer.get("posthoc_ema") or {}
+    every = posthoc.get("every", 0)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise UserError(f"trainer.posthoc_ema.every={every!r}: use an integer >= 0 (0 = off)")
+    if every:
+        from diffusion.training.posthoc_ema import sigma_rel_to_gamma
+
+        sigma_rels = list(posthoc.get("sigma_rels") or [])
+        if not sigma_rels:
+            raise UserError("trainer.posthoc_ema.sigma_rels is empty: give the profiles to track, e.g. [0.05,0.10]")
+        for sigma_rel in sigma_rels:
+            if isinstance(sigma_rel, bool) or not isinstance(sigma_rel, (int, float)):
+                raise UserError(f"trainer.posthoc_ema.sigma_rels holds {sigma_rel!r}: use numbers, e.g. [0.05,0.10]")
+            sigma_rel_to_gamma(sigma_rel)  # one line naming the range when out of it
 
 
 def diverged(step: int, last_good: tuple[Path, int] | None) -> TrainingDiverged:
