@@ -152,3 +152,24 @@ def test_the_final_loss_is_the_last_full_log_window(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 7, "loss": 0.5}) + "\n")
     assert final_loss(tmp_path) == 0.5  # a run shorter than one window: its only line
     assert final_loss(tmp_path / "missing") is None
+
+
+def test_the_cost_table_writes_beside_the_runs_and_never_over_a_file(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """No --chart: cost.png goes into the runs' folder, not the working directory; an existing chart or JSON file is
+    refused in one line unless --overwrite."""
+    run = tiny_checkpoint.parent.parent
+    monkeypatch.chdir(tmp_path)
+    chart = run / "cost.png"
+    chart.unlink(missing_ok=True)
+    cost_cli([str(run)])
+    assert chart.is_file() and not (tmp_path / "cost.png").exists()
+    kept = tmp_path / "kept.json"
+    kept.write_text("the user's file")
+    for argv in ([str(run)], [str(run), "--chart", str(tmp_path / "new.png"), "--json", str(kept)]):
+        with pytest.raises(SystemExit) as stopped:
+            cost_cli(argv)
+        assert stopped.value.code == 2 and "already exists; add --overwrite" in capsys.readouterr().err
+    assert kept.read_text() == "the user's file" and not (tmp_path / "new.png").exists()
+    cost_cli([str(run), "--json", str(kept), "--overwrite"])
+    assert kept.read_text().startswith("[")
+    chart.unlink()

@@ -134,6 +134,7 @@ def main(argv=None) -> None:
     parser.add_argument("--kid-subset-size", type=int, default=1000)
     parser.add_argument("--cache-dir", type=Path, default=None, help="where reference statistics are cached")
     parser.add_argument("--out", type=Path, default=None, help="write evaluation.json and a grid of the first images here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing <out>/evaluation.json")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
@@ -151,6 +152,11 @@ def main(argv=None) -> None:
         seeds = args.seeds if args.seeds is not None else [args.seed]
         if len(set(seeds)) != len(seeds):
             raise UserError(f"--seeds repeats a seed: {seeds}")
+        if args.out is not None and (args.out / "evaluation.json").exists() and not args.overwrite:
+            raise UserError(f"{args.out / 'evaluation.json'} already exists; add --overwrite or give another --out "
+                            f"(nothing was evaluated)")
+        if args.out is not None and args.out.is_file():
+            raise UserError(f"--out {args.out} is a file; give a folder")
         spec = guidance_spec(args.guidance, args.guidance_option)
         processes, device = init_processes(args.device)
         from diffusion.evaluation.features import make_extractor

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -140,16 +141,29 @@ def chart(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def default_chart(runs: list[Path]) -> Path:
+    """cost.png beside the runs (their common folder), never the working directory unannounced."""
+    folders = [(path if path.is_dir() else path.parent).resolve() for path in runs]
+    return Path(os.path.commonpath([str(f) for f in folders])) / "cost.png"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m diffusion.evaluation.cost", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (outputs/<date>/<time>) or checkpoint files")
-    parser.add_argument("--chart", type=Path, default=Path("cost.png"), help="the bar chart to write (default cost.png)")
+    parser.add_argument("--chart", type=Path, default=None, help="the bar chart to write (default: cost.png in the runs' "
+                                                                 "common folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing chart or JSON file")
     args = parser.parse_args(argv)
     try:
-        if args.chart.exists() and args.chart.is_dir():
-            raise UserError(f"--chart {args.chart} is a directory; give a file name such as cost.png")
         rows = [run_row(path) for path in args.runs]
+        args.chart = args.chart or default_chart(args.runs)
+        if args.chart.is_dir():
+            raise UserError(f"--chart {args.chart} is a directory; give a file name such as cost.png")
+        for path in (args.chart, args.json):
+            if path is not None and path.exists() and not args.overwrite:
+                raise UserError(f"{path} already exists; add --overwrite to replace it, or give another name "
+                                f"(nothing was written)")
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -159,7 +173,6 @@ def main(argv=None) -> None:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
         print(f"wrote {args.json}")
-
 
 if __name__ == "__main__":
     main()

@@ -46,4 +46,4 @@ for ((i = 0; i < ${#RUNS[@]}; i += 2)); do
   evaluate "${RUNS[i]}" & [ $((i + 1)) -lt ${#RUNS[@]} ] && evaluate "${RUNS[i + 1]}" & wait
 done
 .venv/bin/python -m diffusion.evaluation.cost "${RUNS[@]/#/$OUT/}" --json "experiments/scaling/results_$ROUND.json" \
-  --chart "experiments/scaling/cost_$ROUND.png"
+  --chart "experiments/scaling/cost_$ROUND.png" --overwrite  # a round re-run replaces its own table

@@ -137,3 +137,16 @@ def test_fid_interval_is_recentred_on_the_point_estimate():
     raw = bootstrap_interval(rows, fid, resamples=200)
     low, high = bootstrap_interval(rows, fid, resamples=200, recentre=True)
     assert raw[0] > fid(rows) and low <= fid(rows) <= high
+
+
+def test_an_existing_evaluation_is_never_replaced_without_overwrite(tiny_checkpoint, tmp_path, monkeypatch):
+    from tiny import run_in_process
+
+    monkeypatch.setenv("DIFFUSION_CACHE", str(tmp_path / "empty-cache"))
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "evaluation.json").write_text("an earlier result")
+    result = run_in_process("diffusion.evaluation", "--ckpt", str(tiny_checkpoint), "--num-images", "4", "--device", "cpu",
+                            "--out", str(tmp_path / "eval"), cwd=tmp_path)
+    assert result.returncode == 2 and "already exists; add --overwrite" in result.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "eval" / "evaluation.json").read_text() == "an earlier result"
+    assert not (tmp_path / "empty-cache").exists()  # refused before a probe trained
