@@ -231,3 +231,16 @@ def test_a_fresh_start_in_a_folder_that_holds_a_run_is_refused_and_changes_nothi
     capsys.readouterr()
     train(tiny_train_cfg(tmp_path, "trainer.max_steps=2", "resume=auto"))
     assert "already at step 2 >= trainer.max_steps=2; nothing to train" in capsys.readouterr().out
+
+
+def test_resuming_from_an_earlier_checkpoint_leaves_each_step_in_the_metrics_once(tmp_path):
+    """A run stopped after its last checkpoint logs the steps past it again when resumed: metrics.jsonl keeps
+    each step once (the lines past the checkpoint's step, and any line a crash cut short, are dropped first)."""
+    train(tiny_train_cfg(tmp_path, "trainer.max_steps=4", "trainer.log_every=1", "trainer.checkpoint_every=2",
+                         "trainer.keep_last=5"))
+    with open(tmp_path / "metrics.jsonl", "a") as file:
+        file.write('{"step": 5, "loss": 0.1')  # a line cut short by a crash
+    earlier = tmp_path / "checkpoints" / "step_0000002.ckpt"
+    train(tiny_train_cfg(tmp_path, "trainer.max_steps=4", "trainer.log_every=1", f"resume={earlier}"))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

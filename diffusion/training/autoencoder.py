@@ -104,6 +104,8 @@ def train_first_stage(cfg, device: torch.device) -> Path:
     stream = batch_stream(dataset, trainer.batch_size, cfg.seed, start_step * trainer.batch_size * trainer.grad_accum,
                           0, 1, trainer.num_workers, device.type == "cuda")
     logger = MetricsLogger(run_dir, cfg)
+    if resumed:
+        logger.resume_at(start_step)
     check = ReconstructionCheck(cfg, dataset, run_dir, device)
     scale_images = first_images(dataset, SCALE_FACTOR_IMAGES)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,23 @@ class MetricsLogger:
         if enabled and cfg.logger.get("wandb"):
             self.wandb_run = start_wandb(run_dir, cfg)
 
+    def resume_at(self, step: int) -> None:
+        """A run resumed from its checkpoint at `step` logs the steps after it again: drop the lines past `step`
+        (written after that checkpoint, before the run stopped) and any line a crash cut short, so every step is
+        logged once. Rewritten atomically."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary.write_text("".join(line + "\n" for line in kept))
+        os.replace(temporary, self.path)
+
     def log(self, step: int, values: dict) -> None:
         if not self.enabled:
             return

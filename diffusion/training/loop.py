@@ -106,6 +106,8 @@ def train_denoiser(cfg, processes, device: torch.device) -> Path:
     stream = space.batches(batch_stream(space.training_data(dataset), trainer.batch_size, cfg.seed, samples_seen, processes.rank,
                                         processes.world_size, trainer.num_workers, device.type == "cuda"))
     logger = MetricsLogger(run_dir, cfg, enabled=processes.is_main)
+    if resumed:
+        logger.resume_at(start_step)
     grid = SampleGrid(cfg, dataset, space, run_dir, device) if processes.is_main else None
     if processes.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
