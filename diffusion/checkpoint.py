@@ -83,15 +83,17 @@ def prune_checkpoints(directory: Path, keep_last: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def find_resumable(search_dirs: list[Path]) -> Path | None:
-    """The newest checkpoint that loads, across the given run folders (for resume=auto)."""
+def find_resumable(search_dirs: list[Path], accept=None) -> Path | None:
+    """The newest checkpoint that loads (and that `accept(payload)` accepts, when given), across the given run
+    folders (for resume=auto)."""
     candidates = []
     for directory in search_dirs:
         candidates += list(Path(directory).glob("checkpoints/*.ckpt"))
     for candidate in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            load_checkpoint(candidate)
-            return candidate
+            payload = load_checkpoint(candidate)
         except UserError:
             continue
+        if accept is None or accept(payload):
+            return candidate
     return None

@@ -244,3 +244,15 @@ def test_resuming_from_an_earlier_checkpoint_leaves_each_step_in_the_metrics_onc
     train(tiny_train_cfg(tmp_path, "trainer.max_steps=4", "trainer.log_every=1", f"resume={earlier}"))
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_resume_auto_never_continues_an_unrelated_run(tmp_path, capsys):
+    """A run folder given by hand is searched alone; in outputs/<date>/<time>/ only runs whose config fits count."""
+    runs = tmp_path / "outputs" / "2026-01-01"
+    train(tiny_train_cfg(runs / "09-00-00", "trainer.max_steps=2", "dataset.resolution=32", "model.channel_mult=[1,2]"))
+    capsys.readouterr()
+    train(tiny_train_cfg(runs / "09-30-00", "trainer.max_steps=2", "resume=auto"))  # 16 px: the 32 px run does not fit
+    assert "no checkpoint of this model" in capsys.readouterr().out
+    elsewhere = tmp_path / "my-run"
+    train(tiny_train_cfg(elsewhere, "trainer.max_steps=2", "resume=auto"))  # by hand: never the runs under outputs/
+    assert "no checkpoint of this model in " + str(elsewhere) + ";" in capsys.readouterr().out

@@ -12,8 +12,10 @@ from diffusion.errors import UserError
 
 def resolve_resume(cfg, run_dir: Path, kind: str) -> dict | None:
     """resume=null: start fresh — refused in a run folder that already holds a run, which a fresh start would
-    overwrite; resume=<file>: that checkpoint; resume=auto: the newest loadable checkpoint in this run folder,
-    else in the newest sibling run (outputs/<date>/<time>/), else fresh."""
+    overwrite; resume=<file>: that checkpoint; resume=auto: the newest loadable checkpoint in this run folder; else,
+    for a run in the default layout outputs/<date>/<time>/, the newest checkpoint among the other runs there whose
+    config fits (same task, network and resolution); else fresh. A run folder given by hand
+    (hydra.run.dir=...) is searched alone: an unrelated run is never continued."""
     if cfg.resume in (None, "", False):
         held = find_resumable([run_dir])
         if held is not None:
@@ -22,11 +24,14 @@ def resolve_resume(cfg, run_dir: Path, kind: str) -> dict | None:
                             f"or give another hydra.run.dir (nothing was changed)")
         return None
     if cfg.resume == "auto":
-        here = [run_dir]
-        siblings = sorted(run_dir.parent.parent.glob("*/*"), key=lambda p: p.stat().st_mtime, reverse=True)
-        path = find_resumable(here) or find_resumable([p for p in siblings if p != run_dir])
+        path = find_resumable([run_dir])
+        root = run_dir.parent.parent
+        if path is None and root.name == "outputs":  # the default layout outputs/<date>/<time>: its newest fitting run
+            others = [p for p in root.glob("*/*") if p.is_dir() and p.resolve() != run_dir.resolve()]
+            path = find_resumable(others, accept=lambda payload: fits(payload, cfg, kind))
         if path is None:
-            print("resume=auto: no checkpoint found, starting from scratch")
+            where = f"{run_dir}" + (f" or the other runs under {root}" if root.name == "outputs" else "")
+            print(f"resume=auto: no checkpoint of this model in {where}; starting from scratch")
             return None
         print(f"resume=auto: resuming from {path}")
     else:
@@ -37,6 +42,21 @@ def resolve_resume(cfg, run_dir: Path, kind: str) -> dict | None:
         print(f"resume: {path} is already at step {payload['step']} >= trainer.max_steps={cfg.trainer.max_steps}; "
               f"nothing to train (raise trainer.max_steps to continue)")
     return payload
+
+
+def fits(payload: dict, cfg, kind: str) -> bool:
+    """Whether a checkpoint is of the run `cfg` describes: the same kind, network class and image resolution."""
+    from omegaconf import OmegaConf
+
+    if payload.get("kind") != kind:
+        return False
+    try:
+        stored = OmegaConf.create(payload["config"])
+    except Exception:  # noqa: BLE001 (an unreadable stored config fits nothing)
+        return False
+    network = "vae" if kind == "vae" else "model"
+    return (OmegaConf.select(stored, f"{network}._target_") == OmegaConf.select(cfg, f"{network}._target_")
+            and OmegaConf.select(stored, "dataset.resolution") == OmegaConf.select(cfg, "dataset.resolution"))
 
 
 def rng_state() -> dict:
