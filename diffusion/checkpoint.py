@@ -4,10 +4,15 @@ Writing goes to a temporary file in the same folder, is flushed and fsync'ed, th
 over the target: a process killed at any instant leaves either the old file or the new one, never
 half of one. Reading uses `torch.load(weights_only=True)`, which refuses any pickle that would
 construct objects other than tensors and plain containers, so a crafted file cannot run code.
+
+The weights (`model`, `ema`) carry a checksum written at save and verified at load, so flipped bits are named,
+never sampled; and the fields a diffusion or autoencoder checkpoint must hold are checked against one schema
+(`FIELDS`), so a truncated, hand-edited or crafted file is refused in one line naming the field.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -18,12 +23,82 @@ import torch
 from diffusion.errors import UserError
 
 FORMAT_VERSION = 1
+CHECKSUMMED = ("model", "ema")  # the weights' fields; a checkpoint from before checksums has none and is accepted
+
+
+def is_state_dict(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_data_info(value) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("shape"), list) and len(value["shape"]) == 3
+            and all(is_int(v) and v > 0 for v in value["shape"]) and is_int(value.get("resolution", 1)))
+
+
+# field -> (the check, what it must be), per checkpoint kind; other fields are free
+FIELDS = {
+    "diffusion": {
+        "step": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        "model": (is_state_dict, "a dict of tensors"),
+        "ema": (is_state_dict, "a dict of tensors"),
+        "config": (lambda v: isinstance(v, str), "the config as YAML text"),
+        "data": (is_data_info, "a dict with shape [C, H, W] and resolution"),
+        "tokenizer": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("vocabulary"), list)),
+                      "null or a dict with a vocabulary list"),
+        "autoencoder": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("fingerprint"), str)),
+                        "null or a dict naming the autoencoder"),
+    },
+    "vae": {
+        "step": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        "model": (is_state_dict, "a dict of tensors"),
+        "config": (lambda v: isinstance(v, str), "the config as YAML text"),
+    },
+}
+
+
+def weights_fingerprint(state_dict: dict) -> str:
+    """A content hash of weights (names, dtypes, shapes and bytes): names them independently of where their file
+    lies (a latent model names its autoencoder by it) and checks a checkpoint's weights at load."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def checksums(payload: dict) -> dict:
+    return {field: weights_fingerprint(payload[field]) for field in CHECKSUMMED if is_state_dict(payload.get(field))}
+
+
+def check_payload(payload: dict, path) -> None:
+    """The schema of its kind, then the weights against the checksum written at save: one line naming the field."""
+    for field, (ok, what) in FIELDS.get(payload.get("kind"), {}).items():
+        if field not in payload:
+            raise UserError(f"{path}: the checkpoint has no {field!r} field (it must be {what}); the file was cut short "
+                            f"or edited: use another checkpoint")
+        if not ok(payload[field]):
+            raise UserError(f"{path}: the checkpoint's {field!r} field is not {what}; the file was damaged or edited")
+    stored = payload.get("checksum")
+    if stored is None:
+        return
+    if not isinstance(stored, dict):
+        raise UserError(f"{path}: the checkpoint's 'checksum' field is damaged")
+    for field, value in checksums(payload).items():
+        if stored.get(field) != value:
+            raise UserError(f"{path}: the {field!r} weights do not match the checksum written when the file was saved "
+                            f"(flipped bits, or an edit); use another checkpoint")
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, **payload}
+    payload["checksum"] = checksums(payload)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as file:
@@ -62,6 +137,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
                         f"{FORMAT_VERSION}: use the matching release of the code, or retrain")
     if kind is not None and payload.get("kind") != kind:
         raise UserError(f"{path} is a {payload.get('kind')!r} checkpoint; a {kind!r} checkpoint is needed here")
+    check_payload(payload, path)
     return payload
 
 

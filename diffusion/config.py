@@ -121,6 +121,8 @@ def stored_config(payload: dict, path) -> DictConfig:
         config = OmegaConf.create(payload["config"])
     except Exception:
         raise UserError(f"{path}: the config stored in the checkpoint cannot be read") from None
+    if not isinstance(config, DictConfig) or any(key not in config for key in ("model", "schedule", "sampler")):
+        raise UserError(f"{path}: the config stored in the checkpoint is damaged (it must hold model, schedule, sampler)")
     check_targets(config, where=f"{path} config")
     return config
 

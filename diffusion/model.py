@@ -170,7 +170,16 @@ def open_payload(payload: dict, path, device, use_ema: bool = True, vae_ckpt=Non
     device = resolve_device(device) if isinstance(device, str) else device
     config = stored_config(payload, path)
     vocabulary = payload["tokenizer"]["vocabulary"] if payload.get("tokenizer") else None
-    model = build_diffusion_model(config, payload["data"], vocabulary)
+    if vocabulary is None and text_needs_vocabulary(config.get("text")):
+        raise UserError(f"{path}: its text encoder learns its own vocabulary, but the checkpoint stores none "
+                        f"(no 'tokenizer'); the file was edited: use another checkpoint")
+    try:
+        model = build_diffusion_model(config, payload["data"], vocabulary)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 (a config that parses but cannot build this project's model)
+        raise UserError(f"{path}: the stored config does not build a model ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:120]}); the file was damaged or edited") from None
     weights = legacy_keys(payload["ema" if use_ema else "model"])
     broken = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if broken:

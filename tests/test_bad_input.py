@@ -44,8 +44,8 @@ def files(tmp_path_factory):
     config.model = {"_target_": "os.system", "command": f"touch {marker}"}
     torch.save({**payload, "config": OmegaConf.to_yaml(config)}, crafted_config)
     nan_weights = root / "nan_weights.ckpt"  # a run that diverged: every EMA weight NaN
-    torch.save({**payload, "ema": {k: v * float("nan") if v.is_floating_point() else v for k, v in payload["ema"].items()}},
-               nan_weights)
+    diverged = {**payload, "ema": {k: v * float("nan") if v.is_floating_point() else v for k, v in payload["ema"].items()}}
+    torch.save({**diverged, "checksum": ckpt.checksums(diverged)}, nan_weights)  # saved so: its checksum holds
     text_as_png = root / "not_an_image.png"
     text_as_png.write_text("this is text, not a picture")
     from PIL import Image

@@ -110,7 +110,7 @@ def test_resume_auto_finds_the_newest_loadable_checkpoint(tmp_path):
 
 def test_a_save_killed_midway_never_replaces_the_good_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
-    ckpt.save_checkpoint({"kind": "diffusion", "step": 1, "w": torch.ones(3)}, path)
+    ckpt.save_checkpoint({"kind": "test", "step": 1, "w": torch.ones(3)}, path)
 
     def dies_while_writing(payload, file):
         file.write(b"partial bytes")
@@ -118,7 +118,7 @@ def test_a_save_killed_midway_never_replaces_the_good_checkpoint(tmp_path, monke
 
     monkeypatch.setattr(ckpt.torch, "save", dies_while_writing)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save_checkpoint({"kind": "diffusion", "step": 2, "w": torch.zeros(3)}, path)
+        ckpt.save_checkpoint({"kind": "test", "step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert ckpt.load_checkpoint(path)["step"] == 1
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind

@@ -7,13 +7,12 @@ checked the same way, so a file cannot make us import anything else.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from diffusion.checkpoint import load_checkpoint
+from diffusion.checkpoint import load_checkpoint, weights_fingerprint
 from diffusion.config import build, stored_config
 from diffusion.errors import UserError, check_choice
 
@@ -54,17 +53,6 @@ def latent_scale_factor(autoencoder, images: torch.Tensor, batch_size: int, seed
                for i in range(0, len(images), batch_size)]
     autoencoder.train(was_training)
     return float(1.0 / torch.cat(latents).std())
-
-
-def weights_fingerprint(state_dict: dict) -> str:
-    """A content hash of a network's weights (names, dtypes, shapes and bytes): names an autoencoder
-    independently of where its file lies, so a diffusion checkpoint can check it decodes with the right one."""
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "sha256:" + digest.hexdigest()[:16]
 
 
 def encoding_weights(payload: dict) -> dict:
