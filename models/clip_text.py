@@ -64,6 +64,11 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def check_clip_skip(clip_skip: int, layers: int) -> None:
+    if not 1 <= clip_skip <= layers:
+        raise ValueError(f"clip_skip={clip_skip} must be between 1 (the last layer) and {layers} (the first)")
+
+
 class CLIPTextEncoder(nn.Module):
     trainable = False  # a pretrained, frozen text model, as SD uses it
 
@@ -79,8 +84,7 @@ class CLIPTextEncoder(nn.Module):
         clip_skip: int = 1,       # 1 = last layer's states; 2 = the layer before (SD's "CLIP skip"), ...
     ):
         super().__init__()
-        if not 1 <= clip_skip <= layers:
-            raise ValueError(f"clip_skip={clip_skip} must be between 1 (the last layer) and {layers} (the first)")
+        check_clip_skip(clip_skip, layers)
         self.max_length = max_length
         self.width = width
         self.clip_skip = clip_skip
@@ -103,6 +107,7 @@ class CLIPTextEncoder(nn.Module):
         (the end token 49407 is the largest id; transformers' CLIPTextModel picks the first `eos_token_id` instead,
         the same position for tokenizer output, where the first end token closes the prompt)."""
         clip_skip = clip_skip or self.clip_skip
+        check_clip_skip(clip_skip, len(self.blocks))
         if ids.shape[1] > self.max_length:
             raise ValueError(f"{ids.shape[1]} tokens, more than the encoder's {self.max_length} positions")
         positions = torch.arange(ids.shape[1], device=ids.device)

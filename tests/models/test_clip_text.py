@@ -165,3 +165,5 @@ def test_encoder_is_causal_and_pools_at_the_end_token():
     assert torch.equal(pooled[0], states[0, 4]) and torch.equal(pooled[1], states[1, 6])  # first end token (argmax)
     with pytest.raises(ValueError, match="clip_skip"):
         CLIPTextEncoder(vocab_size=100, width=32, layers=3, heads=4, mlp_width=64, clip_skip=4)
+    with pytest.raises(ValueError, match="clip_skip"):
+        encoder(ids, clip_skip=4)
