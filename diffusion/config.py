@@ -26,6 +26,7 @@ ALLOWED_TARGETS = frozenset({
     "models.mmdit.MMDiT",
     "models.text_encoder.TextEncoder",
     "models.minilm.MiniLMEncoder",
+    "models.clip_text.CLIPTextEncoder",
     "models.vae.AutoencoderKL",
     "models.critic.PatchCritic",
     "diffusion.objectives.DDPMObjective",
