@@ -77,7 +77,7 @@ def cases(f):
         (*train_tiny[:1], [*train_tiny[1:], "trainer.batch_size=-1"], "trainer.batch_size must be a positive integer"),
         (*train_tiny[:1], [*train_tiny[1:], "optim.lr=-1"], "optim.lr must be a number > 0"),
         (*train_tiny[:1], [*train_tiny[1:], "optim.text_lr_scale=0"], "optim.text_lr_scale must be a number > 0"),
-        (*train_tiny[:1], [*train_tiny[1:], "diffusion.caption_dropout=1.5"], "caption_dropout must be in [0, 1)"),
+        (*train_tiny[:1], [*train_tiny[1:], "diffusion.caption_dropout=1.5"], "caption_dropout must be a number in [0, 1)"),
         (*train_tiny[:1], [*train_tiny[1:], "objective.prediction_type=eps"], "unknown prediction type 'eps'"),
         (*train_tiny[:1], [*train_tiny[1:], "objective=flw"], "Could not find 'objective/flw'; available: ddpm, edm, flow"),
         (*train_tiny[:1], [*train_tiny[1:], "objective=flow", "objective.time_sampling=beta"],
