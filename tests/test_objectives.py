@@ -12,6 +12,7 @@ from diffusion.objectives import DDPMObjective, EDMObjective, FlowObjective
 from diffusion.objectives.flow import shift_time
 from diffusion.samplers import (DDIMSampler, DPMPP2MSampler, EulerSampler, FlowEulerSampler, FlowHeunSampler,
                                 HeunSampler, sample_loop)
+from closed_forms import gaussian_denoiser
 
 SCHEDULE = NoiseSchedule.from_name("cosine", 1000)
 
@@ -113,19 +114,6 @@ def test_every_solver_lands_on_a_single_training_point(solver):
     noise = torch.randn(1, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     out = sample_loop(solver, perfect_denoiser(solver, target), solver.prior(noise, levels), levels)
     torch.testing.assert_close(out, target, atol=1e-9, rtol=0)
-
-
-def gaussian_denoiser(solver, mu, std):
-    """The exact denoiser for data N(mu, std^2): D(x; sigma) = mu + std^2 / (std^2 + sigma^2) (x - mu),
-    handed to an EDM solver through its preconditioning."""
-    edm = solver.objective
-
-    def denoise(x_in, model_time):
-        sigma = math.exp(4 * model_time / 1000)
-        x = x_in / edm.c_in(sigma)
-        d = mu + std**2 / (std**2 + sigma**2) * (x - mu)
-        return (d - edm.c_skip(sigma) * x) / edm.c_out(sigma)
-    return denoise
 
 
 @pytest.mark.parametrize("kind,order", [(EulerSampler, 1), (HeunSampler, 2), (DPMPP2MSampler, 2)])

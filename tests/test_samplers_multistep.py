@@ -25,6 +25,7 @@ from diffusion.errors import UserError
 from diffusion.noise_schedules import NoiseSchedule
 from diffusion.objectives import DDPMObjective, EDMObjective
 from diffusion.samplers import DPMPP2MSDESampler, UniPCSampler, per_image_normal, sample_loop
+from closed_forms import gaussian_denoiser
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -96,19 +97,6 @@ def test_dpmpp_2m_sde_matches_diffusers(prediction_type, steps):
     noises = [per_image_normal(mirror, SHAPE[1:], "cpu") for _ in range(steps)]
     error = max_error(ours, ref, steps, [torch.Generator().manual_seed(s) for s in seeds], noises, relative=True)
     assert error <= 1e-5, f"max |difference| / max(1, |x_t|) {error:.2e}"
-
-
-def gaussian_denoiser(solver, mu, std):
-    """The exact denoiser for data N(mu, std^2), D(x; sigma) = mu + std^2 / (std^2 + sigma^2) (x - mu),
-    through EDM's preconditioning (as in tests/test_objectives.py)."""
-    edm = solver.objective
-
-    def denoise(x_in, model_time):
-        sigma = math.exp(4 * model_time / 1000)
-        x = x_in / edm.c_in(sigma)
-        d = mu + std**2 / (std**2 + sigma**2) * (x - mu)
-        return (d - edm.c_skip(sigma) * x) / edm.c_out(sigma)
-    return denoise
 
 
 def gaussian_errors(solver, steps_list):
