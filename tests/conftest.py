@@ -38,3 +38,11 @@ def quick_probe_cache(tmp_path_factory) -> Path:
     probe, accuracy = train_probe(resolution=16, steps=60, batch_size=32, held_out_images=100, progress=False)
     save_probe(probe, accuracy, probe_path(16, cache / "probes"))
     return cache
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets one CPU thread, so two workers share a 2-core machine without contention."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
