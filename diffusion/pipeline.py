@@ -45,7 +45,7 @@ def generate_images(
     """Images [N, 3, H, W] in [-1, 1] for one batch. Every image depends on its seed only."""
     n = len(prompts)
     tally = tally if tally is not None else FlopTally(enabled=False)
-    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    generators = [torch.Generator().manual_seed(int(seed) % 2**64) for seed in seeds]  # seed + i may pass 2**64
     labels = None if class_labels is None else torch.as_tensor(class_labels)
     text_conditional = getattr(model, "is_text_conditional", True)
     encode = tally.wrap("encode", model.encode)

@@ -27,6 +27,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from diffusion.errors import write_error
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -221,8 +223,15 @@ def save_png(image: Image.Image, path: Path, metadata: dict | None = None) -> No
         info.add_text("parameters", json.dumps(metadata))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    image.save(temporary, format="PNG", pnginfo=info)
-    temporary.replace(path)
+    try:
+        image.save(temporary, format="PNG", pnginfo=info)
+        temporary.replace(path)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)
+        failed = write_error(error, path)
+        if failed is not None:
+            raise failed from None
+        raise
 
 
 def read_png_metadata(path: str | Path) -> dict:

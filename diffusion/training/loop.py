@@ -45,11 +45,8 @@ def train_diffusion(cfg) -> Path:
 
 
 def validate(cfg) -> None:
-    """Every diffusion-training key, before any work: the shared trainer keys, the objective and its sampler."""
+    """Every diffusion-training key, before any work: the schema (diffusion/schema.py), the objective and its sampler."""
     validate_trainer(cfg)
-    dropout = cfg.diffusion.caption_dropout
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise UserError(f"diffusion.caption_dropout must be a number in [0, 1), got {dropout!r}")
     build_sampler(cfg.sampler, objective_for(cfg))  # a bad objective value, or a sampler that cannot sample it
 
 
