@@ -30,7 +30,7 @@ from diffusion.training.grids import SampleGrid, fixed_prompts
 from diffusion.training.logging import MetricsLogger
 from diffusion.training.optim import lr_at, make_optimizer, set_lr
 from diffusion.training.posthoc_ema import PosthocSnapshots
-from diffusion.training.resume import resolve_resume, restore_rng, rng_state
+from diffusion.training.resume import finished, resolve_resume, restore_rng, rng_state
 from diffusion.training.runtime import Processes, autocast, close_processes, init_processes, step_generator
 from diffusion.training.signals import GracefulStop
 
@@ -56,6 +56,8 @@ def train_denoiser(cfg, processes, device: torch.device) -> Path:
     run_dir = Path(cfg.paths.output_dir)
     checkpoint_dir = run_dir / "checkpoints"
     resumed = resolve_resume(cfg, run_dir, kind="diffusion")
+    if finished(resumed, cfg):  # said so in one line; the run is left as it is
+        return Path(resumed["_path"])
 
     # data, and the space the model denoises (pixels, or an autoencoder's latents)
     dataset = build_dataset(cfg, "train")
