@@ -11,8 +11,6 @@ touching it; and pydantic's strict types refuse what OmegaConf's typed nodes wou
 Adding a key = one line in its command's class, e.g. `height: integer("an integer >= 8", ge=8, optional=True)`.
 """
 
-from __future__ import annotations
-
 import math
 from typing import Annotated, Literal
 

@@ -12,8 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from diffusion import checkpoint as ckpt
-from diffusion.training import train
-from tiny import TINY_TRAIN, run_in_process, run_script, tiny_train_cfg
+from tiny import TINY_TRAIN, run_in_process, run_script
 
 
 class Evil:
@@ -27,9 +26,9 @@ class Evil:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, two_step_checkpoint):
     root = tmp_path_factory.mktemp("bad_input")
-    good = train(tiny_train_cfg(root / "run", "trainer.max_steps=2"))
+    good = two_step_checkpoint
     payload = ckpt.load_checkpoint(good)
 
     corrupt = root / "corrupt.ckpt"
