@@ -119,3 +119,15 @@ def test_evaluation_arguments_are_accepted_or_named_in_one_line(evaluation_defau
         assert isinstance(value, int) and not isinstance(value, bool) and value >= 0
     if argument in ("eta", "guidance_scale") and value is not None:
         assert isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_every_key_users_set_has_a_line_in_its_commands_schema(train_cfg):
+    """A key added to conf/sample.yaml, conf/trainer/ or conf/optim/ without a line in diffusion/schema.py would go
+    unchecked: add `name: integer(...)` (or number, boolean, choice, text) to SampleKeys / TrainerKeys / OptimKeys."""
+    from diffusion.schema import OptimKeys, SampleKeys, TrainerKeys
+
+    sample = OmegaConf.load(CONF / "sample.yaml")
+    groups = {"defaults", "hydra", "sampler", "guidance"}  # config groups: each checked where it is built
+    assert sorted(set(sample) - groups - set(SampleKeys.model_fields)) == []
+    assert sorted(set(train_cfg.trainer) - set(TrainerKeys.model_fields)) == []
+    assert sorted(set(train_cfg.optim) - set(OptimKeys.model_fields)) == []
