@@ -141,7 +141,7 @@ def test_the_published_model_benchmark_runs_and_draws_the_same_images(tmp_path):
     assert all(row["ours"] > 0 and row["reference"] > 0 for row in results["rows"])
 
 
-@pytest.mark.slow  # ~30 s: the narrowed SD 1.5 UNet at 16x16 latents, one repeat, memory in fresh processes
+@pytest.mark.slow  # ~45 CPU-s: the narrowed SD 1.5 UNet at 16x16 latents, one repeat, memory in fresh processes
 def test_the_sd15_unet_benchmark_runs_on_the_same_weights(tmp_path):
     """benchmarks/sd15.py: our SD 1.5 UNet beside diffusers' UNet2DConditionModel on the same weights: the same eps
     and the same guided DDIM step, forward / step / memory rows."""
