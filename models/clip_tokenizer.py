@@ -99,6 +99,14 @@ class CLIPTokenizer:
         merges = read_merges(lines[1:BPE_GZ_MERGES + 1])  # its header line does not start with "#version"
         return cls(vocabulary_from_merges(merges), merges, **kwargs)
 
+    @classmethod
+    def from_path(cls, path, **kwargs) -> "CLIPTokenizer":
+        """A folder holding `vocab.json` + `merges.txt` (a diffusers pipeline's `tokenizer/`), or CLIP's `.txt.gz`."""
+        path = Path(path)
+        if path.is_dir():
+            return cls.from_files(path / "vocab.json", path / "merges.txt", **kwargs)
+        return cls.from_bpe_gz(path, **kwargs)
+
     def bpe(self, piece: str) -> list[str]:
         """One pre-tokenised piece (already byte symbols) -> its BPE tokens, the last ending in `</w>`."""
         if piece in self.cache:
