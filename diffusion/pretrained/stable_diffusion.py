@@ -64,9 +64,9 @@ def open_published(path, device, vae_ckpt=None, tokenizer=None, text_encoder=Non
         refuse_options(path, options)
         return open_other(path, device, vae_ckpt)
     state = read_weights(path)
-    if ldm_unet.is_sd1(state):
-        return open_single_file(path, state, device, vae_ckpt, **options)
     family = ldm_unet.family(state)
+    if family == "Stable Diffusion 1.x":
+        return open_single_file(path, state, device, vae_ckpt, **options)
     if family is not None:
         raise UserError(f"{path} is a {family} checkpoint: only Stable Diffusion 1.x files (a 768-wide text context) "
                         f"open here")
@@ -181,18 +181,23 @@ def clip_config_from_keys(state: dict, prefix: str) -> dict:
             "mlp_width": int(state[f"{prefix}encoder.layers.0.mlp.fc1.weight"].shape[0]), "eps": 1e-5}
 
 
+def has_vocabulary(folder: Path) -> bool:
+    """vocab.json + merges.txt (the hub's SD folders), or tokenizer.json (what transformers 5 saves)."""
+    return ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) or (folder / "tokenizer.json").is_file()
+
+
 def find_tokenizer(given, folder: Path | None) -> str:
     """Where CLIP's vocabulary lies: `tokenizer=`, the pipeline's tokenizer/, or clip-anytorch's file."""
     if given is not None:
         path = Path(given)
-        if path.is_dir() and (path / "tokenizer" / "vocab.json").is_file():
-            path = path / "tokenizer"  # a pipeline folder given whole
-        if path.is_dir() and not ((path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
-            raise UserError(f"tokenizer={given}: the folder has no vocab.json + merges.txt; {WHERE_TOKENIZER}")
         if not path.exists():
             raise UserError(f"tokenizer not found: {given}; {WHERE_TOKENIZER}")
+        if path.is_dir() and has_vocabulary(path / "tokenizer"):
+            path = path / "tokenizer"  # a pipeline folder given whole
+        if path.is_dir() and not has_vocabulary(path):
+            raise UserError(f"tokenizer={given}: the folder has no vocab.json + merges.txt; {WHERE_TOKENIZER}")
         return str(path)
-    if folder is not None and (folder / "tokenizer" / "vocab.json").is_file() and (folder / "tokenizer" / "merges.txt").is_file():
+    if folder is not None and has_vocabulary(folder / "tokenizer"):
         return str(folder / "tokenizer")
     spec = importlib.util.find_spec("clip")  # clip-anytorch; found without importing it (it imports torchvision)
     for location in (spec.submodule_search_locations or []) if spec else []:
