@@ -90,7 +90,7 @@ def load_init_image(path, resolution: int) -> torch.Tensor:
         raise UserError(f"init_image {path} is not a readable image ({error}); give a PNG or JPEG file") from None
 
 
-def load_mask(path, resolution: int, space) -> torch.Tensor:
+def load_mask(path, resolution: int, space, grid: tuple[int, int] | None = None) -> torch.Tensor:
     """A mask picture -> [1, h, w] in the model's space: 1 where it is white (repaint), 0 where black (keep).
     It must have the init image's size after the same centre-square resize, i.e. any size with the
     init image's shape; in latent space it is taken down to the latent grid (a latent cell is repainted
@@ -106,7 +106,7 @@ def load_mask(path, resolution: int, space) -> torch.Tensor:
     except BadImageError as error:
         raise UserError(f"mask {path} is not a readable image ({error}); give a black-and-white PNG") from None
     mask = (pixels.float().mean(dim=0, keepdim=True) / 255 > 0.5).float()  # [1, R, R]
-    height, width = space.info["shape"][1:]
+    height, width = grid or space.info["shape"][1:]  # grid: the (h, w) sampled, when not the space's native one
     if (height, width) != tuple(mask.shape[1:]):
         mask = torch.nn.functional.adaptive_max_pool2d(mask[None], (height, width))[0]
     return mask

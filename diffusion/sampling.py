@@ -9,7 +9,10 @@ checkpoint, prompts, init image and mask, check every value, draw in batches, wr
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,6 +46,7 @@ def read_prompts(cfg) -> list[str]:
     return prompts
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_SEED = 2**63 - 2**32  # image i gets seed + i; torch's generators take seeds below 2**63 here, with room for i
 
 
@@ -66,6 +70,11 @@ def check_sampling_values(cfg) -> None:
         ("strength", cfg.strength, cfg.strength is None or (is_number(cfg.strength) and 0 < cfg.strength <= 1),
          "a number in (0, 1]"),
         ("use_ema", cfg.use_ema, isinstance(cfg.use_ema, bool), "true or false"),
+        ("dtype", cfg.get("dtype"), cfg.get("dtype", "fp32") in DTYPES, " | ".join(DTYPES)),
+        ("clip_skip", cfg.get("clip_skip"), cfg.get("clip_skip") is None or (is_int(cfg.clip_skip) and cfg.clip_skip >= 1),
+         "an integer >= 1 (1 = the text model's last layer, 2 = the one before)"),
+        *((key, cfg.get(key), cfg.get(key) is None or (is_int(cfg.get(key)) and cfg.get(key) >= 1),
+           "a whole number of pixels >= 1 (e.g. 512)") for key in ("height", "width")),
     ]
     for name, value, ok, allowed in checks:
         if not ok:
@@ -101,6 +110,42 @@ def class_labels(cfg, model, data: dict, prompts: list[str], by_class_name: bool
     return [label] * len(prompts)
 
 
+def sampled_size(cfg, loaded) -> tuple[tuple[int, int, int], int, int]:
+    """(the shape sampled, image height, image width): the model's native square, or `height` x `width` for
+    models that take sizes (SD: multiples of 64, the autoencoder's 8x times the UNet's 8x downsampling)."""
+    shape, resolution = tuple(loaded.payload["data"]["shape"]), int(loaded.payload["data"]["resolution"])
+    height, width = cfg.get("height"), cfg.get("width")
+    if height is None and width is None:
+        return shape, resolution, resolution
+    multiple = loaded.payload["data"].get("sizes")
+    if multiple is None:
+        given = "height" if height is not None else "width"
+        raise UserError(f"{given}={cfg.get(given)}: this model draws {resolution}x{resolution} only; height= / width= "
+                        f"apply to models that take sizes (Stable Diffusion)")
+    height, width = height or resolution, width or resolution
+    for key, value in (("height", height), ("width", width)):
+        if value % multiple:
+            raise UserError(f"{key}={value} is not a multiple of {multiple}: this model's images are multiples of "
+                            f"{multiple} pixels (e.g. {resolution})")
+    if height != width and (cfg.get("init_image") or cfg.get("mask")):
+        raise UserError(f"height={height} width={width}: image-to-image and inpainting take square images here; "
+                        f"drop height= / width= or make them equal")
+    factor = resolution // shape[1]  # image pixels per latent (or pixel) cell
+    return (shape[0], height // factor, width // factor), height, width
+
+
+def warn_truncated(model, prompts: list[str]) -> None:
+    """One line per prompt the text encoder cuts (CLIP: past 77 tokens), naming the words dropped."""
+    tokenizer = getattr(model.text, "tokenizer", None) if model.is_text_conditional else None
+    if not hasattr(tokenizer, "dropped"):
+        return
+    for prompt in dict.fromkeys(prompts):
+        dropped = tokenizer.dropped(prompt)
+        if dropped:
+            print(f"warning: prompt {prompt[:40]!r}... is longer than the text encoder's {tokenizer.max_length} "
+                  f"tokens; dropped: {dropped!r}", file=sys.stderr)
+
+
 def generate(cfg) -> list[Path]:
     """sample.py: load the checkpoint, draw every prompt `num_images` times, write PNGs and a grid."""
     from diffusion.device import resolve_device
@@ -111,7 +156,8 @@ def generate(cfg) -> list[Path]:
     check_sampling_values(cfg)
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.out_dir)
-    loaded = load_model(cfg.ckpt, device, use_ema=cfg.use_ema, vae_ckpt=cfg.get("vae_ckpt"))
+    loaded = load_model(cfg.ckpt, device, use_ema=cfg.use_ema, vae_ckpt=cfg.get("vae_ckpt"), tokenizer=cfg.get("tokenizer"),
+                        text_encoder=cfg.get("text_encoder"), clip_skip=cfg.get("clip_skip"))
     model, train_cfg = loaded.model, loaded.config
     sampler_cfg = cfg.sampler if cfg.get("sampler") else train_cfg.sampler
     sampler = loaded.sampler(sampler_cfg, eta=None if cfg.eta is None else float(cfg.eta))
@@ -128,8 +174,8 @@ def generate(cfg) -> list[Path]:
             raise UserError('this model is class-conditional: give class_label=<index> or a class name, e.g. '
                             'prompt="golden retriever" (ImageNet) ')
         prompts = [""]
-    shape = tuple(loaded.payload["data"]["shape"])
-    resolution = int(loaded.payload["data"]["resolution"])
+    shape, height, width = sampled_size(cfg, loaded)
+    resolution = height
     init, mask = None, None
     if cfg.get("mask") and not cfg.init_image:
         raise UserError("a mask needs the image it masks: give init_image=<picture> with mask=<mask>")
@@ -138,7 +184,7 @@ def generate(cfg) -> list[Path]:
     if cfg.get("mask"):
         if not Path(cfg.mask).is_file():
             raise UserError(f"mask not found: {cfg.mask}")
-        mask = load_mask(cfg.mask, resolution, loaded.space)
+        mask = load_mask(cfg.mask, resolution, loaded.space, grid=shape[1:])
         check_mask_size(cfg.mask, cfg.init_image)
     strength = float(cfg.strength if cfg.strength is not None else (1.0 if mask is not None else 0.6))
 
@@ -149,18 +195,27 @@ def generate(cfg) -> list[Path]:
         raise UserError(f"{clashes[0]} already exists; choose another out_dir (nothing was overwritten)")
     labels = class_labels(cfg, model, loaded.payload["data"], [p for p, _ in jobs], by_class_name)
 
+    warn_truncated(model, [p for p, _ in jobs] + [cfg.negative_prompt or ""])
     guidance = OmegaConf.to_container(cfg.guidance) if cfg.get("guidance") else None  # {"name": ..., options}
+    dtype = DTYPES[cfg.get("dtype", "fp32")]
+
+    def precision():  # the networks (text encoder, denoiser, decoder) in `dtype`; the sampler's arithmetic stays float32
+        return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
     images, costs = [], []  # costs: one per image, its share of its batch's FLOPs, seconds and energy
     meter = EnergyMeter(device, cfg.get("cost", {}).get("power_watts"))
     for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="sampling", unit="batch", disable=len(jobs) <= cfg.batch_size):
         batch = jobs[start: start + cfg.batch_size]
         tally = FlopTally()
         meter.start()
-        images.append(generate_images(
-            model, sampler, [p for p, _ in batch], [s for _, s in batch], shape=shape, steps=steps,
-            guidance_scale=float(cfg.guidance_scale), guidance=guidance, negative_prompt=cfg.negative_prompt or "",
-            class_labels=None if labels is None else labels[start: start + cfg.batch_size],
-            init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device, tally=tally).cpu())
+        with precision(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "the prompt .* is longer than")  # said once above, in one line
+            batch_images = generate_images(
+                model, sampler, [p for p, _ in batch], [s for _, s in batch], shape=shape, steps=steps,
+                guidance_scale=float(cfg.guidance_scale), guidance=guidance, negative_prompt=cfg.negative_prompt or "",
+                class_labels=None if labels is None else labels[start: start + cfg.batch_size],
+                init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device, tally=tally)
+        images.append(batch_images.float().cpu())
         if not torch.isfinite(images[-1]).all():
             raise UserError(f"the model produced non-finite values (NaN or inf) for seeds {batch[0][1]}..{batch[-1][1]}; "
                             f"its weights or this sampler's settings are broken: no image was written for them")
@@ -176,7 +231,8 @@ def generate(cfg) -> list[Path]:
               "guidance_scale": float(cfg.guidance_scale), "negative_prompt": cfg.negative_prompt or "",
               "init_image": str(cfg.init_image) if cfg.init_image else None,
               "strength": strength if cfg.init_image else None, "mask": str(cfg.mask) if cfg.get("mask") else None,
-              "class_label": cfg.get("class_label"), "source": loaded.payload.get("source")}
+              "class_label": cfg.get("class_label"), "source": loaded.payload.get("source"),
+              "height": height, "width": width, "dtype": cfg.get("dtype", "fp32")}
     for i, ((prompt, seed), image, path, cost) in enumerate(zip(jobs, images, names, costs)):
         label = {"class_label": labels[i]} if labels is not None else {}
         save_png(to_pil(image), path, {"prompt": prompt, "seed": seed, **common, **label, "cost": cost})

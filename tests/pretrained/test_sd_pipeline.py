@@ -13,14 +13,13 @@ from safetensors.torch import load_file, save_file
 from diffusion import load_model
 from diffusion.errors import UserError
 from diffusion.pipeline import generate_images
-from tiny_sd import tiny_pipeline, write_single_file
 
 STEPS, GUIDANCE, SEED, PROMPT = 25, 7.5, 3, "a photo of a red bird on a branch"
 
 
 @pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    pipe, folder, single = tiny_pipeline(tmp_path_factory.mktemp("sd"))
+def tiny_sd(tiny_sd_files):
+    pipe, folder, single = tiny_sd_files
     loaded = {"folder": load_model(folder), "single file": load_model(single, tokenizer=folder / "tokenizer")}
     return pipe, folder, single, loaded
 
