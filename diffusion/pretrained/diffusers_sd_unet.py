@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from diffusion.errors import UserError
 from diffusion.pretrained.diffusers_unet import key_table, table_for
-from diffusion.pretrained.table import convert, row
+from diffusion.pretrained.table import convert, float32, row
 
 SOURCE = "diffusers UNet2DConditionModel"
 
@@ -51,8 +51,8 @@ REFUSED_CLASSES = {"SD3Transformer2DModel": "Stable Diffusion 3", "FluxTransform
 
 
 def to_ours(state_dict: dict) -> dict:
-    """A diffusers UNet2DConditionModel state dict -> one `models.unet.UNet` loads with strict=True."""
-    return convert(table_for(state_dict, TRANSFORMER, SOURCE), state_dict, SOURCE, to_ours=True)
+    """A diffusers UNet2DConditionModel state dict -> one `models.unet.UNet` loads with strict=True (float32)."""
+    return float32(convert(table_for(state_dict, TRANSFORMER, SOURCE), state_dict, SOURCE, to_ours=True))
 
 
 def from_ours(state_dict: dict, levels: int, layers_per_block: int, attention_levels) -> dict:

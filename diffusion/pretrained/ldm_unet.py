@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from diffusion.errors import UserError
 from diffusion.pretrained.diffusers_sd_unet import TRANSFORMER
-from diffusion.pretrained.table import WHOLE, convert, indices, row
+from diffusion.pretrained.table import WHOLE, convert, float32, indices, row
 
 SOURCE = "SD single-file UNet"
 PREFIX = "model.diffusion_model."
@@ -145,9 +145,10 @@ def context_width(unet: dict) -> int | None:
 
 
 def to_ours(state_dict: dict, use_ema: bool = True) -> dict:
-    """The UNet of an SD single file (with or without `model.diffusion_model.`) -> our UNet's state dict, strict."""
+    """The UNet of an SD single file (with or without `model.diffusion_model.`) -> our UNet's state dict (strict,
+    float32)."""
     unet = unet_part(state_dict, use_ema)
-    return convert(key_table(*structure(unet)), unet, SOURCE, to_ours=True)
+    return float32(convert(key_table(*structure(unet)), unet, SOURCE, to_ours=True))
 
 
 def from_ours(state_dict: dict, widths: list, layers_per_block: int, attention_levels, prefix: str = PREFIX) -> dict:
