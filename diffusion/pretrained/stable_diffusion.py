@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from diffusion.errors import UserError
