@@ -62,7 +62,7 @@ def family(state_dict: dict) -> str | None:
     its 1024-wide cross-attention (OpenCLIP ViT-H) against 768 (CLIP ViT-L)."""
     for name, prefixes in FAMILIES:
         if any(key.startswith(prefixes) for key in state_dict):
-            if name == "Stable Diffusion 1.x" and context_width(unet_part(state_dict)) == 1024:
+            if name == "Stable Diffusion 1.x" and context_width(unet_part(state_dict, use_ema=False)) == 1024:
                 return "Stable Diffusion 2.x"
             return name
     return None
@@ -126,6 +126,8 @@ def structure(unet: dict) -> tuple[list, int, list]:
             per_level.append(count)
             count = 0
             continue
+        if f"input_blocks.{block}.0.out_layers.3.weight" not in unet:
+            raise UserError(f"{SOURCE}: input_blocks.{block} is neither a residual block nor a downsampler")
         width = unet[f"input_blocks.{block}.0.out_layers.3.weight"].shape[0]
         if count == 0:
             widths.append(width)
@@ -157,11 +159,13 @@ def from_ours(state_dict: dict, widths: list, layers_per_block: int, attention_l
     return {prefix + key: tensor for key, tensor in published.items()}
 
 
-def network_config(state_dict: dict, num_heads: int | None = 8, head_dim: int | None = None) -> dict:
+def network_config(state_dict: dict, num_heads: int | None = None, head_dim: int | None = None) -> dict:
     """`models.unet.UNet` keyword arguments (with `_target_`) read from the tensors' shapes. The heads are not in the
-    file: SD 1.x's 8 by default; SD 2.x's are `num_heads=None, head_dim=64`."""
-    unet = unet_part(state_dict)
+    file: unless given, SD 1.x's 8 heads (768-wide text), or SD 2.x's 64 channels a head (1024-wide text)."""
+    unet = unet_part(state_dict, use_ema=False)
     widths, layers_per_block, attention_levels = structure(unet)
+    if num_heads is None and head_dim is None:
+        num_heads, head_dim = (None, 64) if context_width(unet) == 1024 else (8, None)
     depth = len(indices(unet, "middle_block.1.transformer_blocks."))
     if depth > 1 or "label_emb.0.0.weight" in unet:
         raise UserError(f"{SOURCE}: {depth} transformer blocks a layer or an added label embedding (SDXL) are not "

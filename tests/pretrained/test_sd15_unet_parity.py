@@ -128,6 +128,7 @@ def test_an_sd2_single_file_reads_linear_projections_and_its_heads_are_given():
     kwargs = diffusers_sd_unet.network_config(dict(reference.config))
     single = ldm_unet.from_ours(diffusers_sd_unet.to_ours(reference.state_dict()), [32, 64, 64, 64], 2, [0, 1, 2])
     assert ldm_unet.network_config(single, num_heads=None, head_dim=16) == kwargs
+    assert ldm_unet.network_config(single)["head_dim"] == 64  # unless told: SD 2.x's num_head_channels
     assert kwargs["linear_projection"] and ldm_unet.family(single) == "Stable Diffusion 2.x"  # 1024-wide text
 
 
