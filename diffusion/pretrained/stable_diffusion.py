@@ -263,6 +263,7 @@ def assemble(unet_kwargs, unet_state, text_kwargs, text_state, tokenizer: str, c
     resolution = latent_side * int(space.autoencoder.downsampling)
     config = OmegaConf.create({"model": unet_kwargs, "text": text_kwargs, "schedule": schedule, "objective": objective,
                                "sampler": sd_sampler(scheduler), "diffusion": {"class_conditional": False},
+                               "strength_rounding": "down",  # img2img runs int(strength * steps), as diffusers'
                                "source": source})
     payload = {"kind": "diffusion", "step": 0, "source": source,
                "data": {"shape": [channels, latent_side, latent_side], "resolution": resolution, "num_classes": None,

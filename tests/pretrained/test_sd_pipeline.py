@@ -1,6 +1,6 @@
 """Stable Diffusion 1.x opened whole, in both layouts (a diffusers folder, the original single file): our DDIM-25 with
 guidance 7.5 from the same initial latents gives diffusers' StableDiffusionPipeline's final latents within 1e-4, for
-text-to-image, with a negative prompt, and image-to-image at strength 0.6 with the same noise (tests/pretrained/tiny_sd.py
+text-to-image, with a negative prompt, and image-to-image at strengths 0.6 and 0.7 with the same noise (tests/pretrained/tiny_sd.py
 builds the tiny random pipeline). Plus: the single file we write is the original layout as diffusers' own converters
 read it, and what is missing or of another family is named in one line."""
 
@@ -54,19 +54,27 @@ def test_text_to_image_and_negative_prompt_equal_diffusers(tiny_sd):
     assert (ours(loaded["folder"], "blue water") - ours(loaded["folder"])).abs().max() > 1e-2  # the negative prompt acts
 
 
-def test_image_to_image_at_strength_0_6_equals_diffusers(tiny_sd):
-    """diffusers' img2img takes 4-channel images as latents as they are; its noise is the generator's first draw."""
+def test_image_to_image_at_strengths_0_6_and_0_7_equal_diffusers(tiny_sd):
+    """diffusers' img2img takes 4-channel images as latents as they are; its noise is the generator's first draw.
+    0.7 x 25 = 17.5: diffusers runs int() = 17 steps, this project's own models round() = 18; an SD model counts
+    as diffusers does, whichever sampler draws."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
     pipe, _, _, loaded = tiny_sd
     init = torch.randn(SHAPE, generator=torch.Generator().manual_seed(11))
     img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
-    expected = img2img(PROMPT, image=init[None], strength=0.6, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
-                       generator=torch.Generator().manual_seed(SEED), output_type="latent").images
-    for layout, model in loaded.items():
-        difference = (ours(model, init=init, strength=0.6) - expected).abs().max().item()
-        assert difference <= 1e-4, (layout, difference)
+    for strength in (0.6, 0.7):
+        expected = img2img(PROMPT, image=init[None], strength=strength, num_inference_steps=STEPS,
+                           guidance_scale=GUIDANCE, generator=torch.Generator().manual_seed(SEED),
+                           output_type="latent").images
+        for layout, model in loaded.items():
+            difference = (ours(model, init=init, strength=strength) - expected).abs().max().item()
+            assert difference <= 1e-4, (layout, strength, difference)
+    sd_sampler, euler = loaded["folder"].sampler(), loaded["folder"].sampler({"_target_": "diffusion.samplers.EulerSampler"})
+    assert len(sd_sampler.img2img_levels(STEPS, 0.7)) == len(euler.img2img_levels(STEPS, 0.7)) == 17
+    own_rule = type(sd_sampler)(sd_sampler.objective)  # this project's samplers, built without an SD config
+    assert len(own_rule.img2img_levels(STEPS, 0.7)) == 18 and len(own_rule.img2img_levels(STEPS, 0.6)) == 15
 
 
 def test_single_file_is_the_original_layout_as_diffusers_reads_it(tiny_sd):
