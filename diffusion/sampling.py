@@ -127,9 +127,6 @@ def sampled_size(cfg, loaded) -> tuple[tuple[int, int, int], int, int]:
         if value % multiple:
             raise UserError(f"{key}={value} is not a multiple of {multiple}: this model's images are multiples of "
                             f"{multiple} pixels (e.g. {resolution})")
-    if height != width and (cfg.get("init_image") or cfg.get("mask")):
-        raise UserError(f"height={height} width={width}: image-to-image and inpainting take square images here; "
-                        f"drop height= / width= or make them equal")
     factor = resolution // shape[1]  # image pixels per latent (or pixel) cell
     return (shape[0], height // factor, width // factor), height, width
 
@@ -175,16 +172,15 @@ def generate(cfg) -> list[Path]:
                             'prompt="golden retriever" (ImageNet) ')
         prompts = [""]
     shape, height, width = sampled_size(cfg, loaded)
-    resolution = height
     init, mask = None, None
     if cfg.get("mask") and not cfg.init_image:
         raise UserError("a mask needs the image it masks: give init_image=<picture> with mask=<mask>")
     if cfg.init_image:
-        init = loaded.space.encode(load_init_image(cfg.init_image, resolution)[None].to(device))[0]
+        init = loaded.space.encode(load_init_image(cfg.init_image, (height, width))[None].to(device))[0]
     if cfg.get("mask"):
         if not Path(cfg.mask).is_file():
             raise UserError(f"mask not found: {cfg.mask}")
-        mask = load_mask(cfg.mask, resolution, loaded.space, grid=shape[1:])
+        mask = load_mask(cfg.mask, (height, width), loaded.space, grid=shape[1:])
         check_mask_size(cfg.mask, cfg.init_image)
     strength = float(cfg.strength if cfg.strength is not None else (1.0 if mask is not None else 0.6))
 

@@ -1,6 +1,6 @@
 """`sample.py` on Stable Diffusion 1.x, run in-process on the tiny random pipeline in both layouts: text-to-image at
 the native size and at height= / width=, samplers beside the checkpoint's own DDIM, negative prompts, bf16,
-image-to-image and inpainting; the cost line and the PNG metadata; a prompt over 77 tokens warned in one line; sizes
+image-to-image and inpainting (at height != width too); the cost line and the PNG metadata; a prompt over 77 tokens warned in one line; sizes
 that are not a multiple of the model's, and SD-only keys on other checkpoints, refused in one line; per-word
 cross-attention maps from the inspection tools."""
 
@@ -63,6 +63,21 @@ def test_other_samplers_bf16_img2img_and_inpainting(layouts, tmp_path):
     result, out = sample(tmp_path, "inpaint", *args, "prompt=a red bird", f"init_image={tmp_path / 'init.png'}",
                          f"mask={tmp_path / 'mask.png'}")
     assert result.returncode == 0, result.stderr
+
+
+def test_img2img_and_inpainting_at_height_by_width(layouts, tmp_path):
+    """init_image= and mask= at height != width: both cropped to the requested shape's centred box and resized."""
+    picture, mask = np.zeros((20, 40, 3), np.uint8), np.zeros((20, 40), np.uint8)  # wide pictures for a tall image
+    picture[:, 15:25] = (200, 30, 30)
+    mask[10:] = 255
+    Image.fromarray(picture).save(tmp_path / "wide.png")
+    Image.fromarray(mask).save(tmp_path / "wide_mask.png")
+    result, out = sample(tmp_path, "inpaint", *layouts["folder"], "prompt=a red bird", "height=24", "width=16",
+                         f"init_image={tmp_path / 'wide.png'}", f"mask={tmp_path / 'wide_mask.png'}", "strength=0.7")
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out / "0000_seed0.png").size == (16, 24)
+    meta = read_png_metadata(out / "0000_seed0.png")
+    assert (meta["height"], meta["width"], meta["strength"]) == (24, 16, 0.7)
 
 
 def test_long_prompts_warn_and_bad_sizes_are_refused(layouts, tmp_path):
