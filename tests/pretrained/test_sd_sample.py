@@ -107,3 +107,31 @@ def test_per_word_cross_attention_maps(tiny_sd_files, tmp_path):
     assert maps.maps.shape == (77, 8, 8)
     assert torch.allclose(maps.maps.sum(0), torch.ones(8, 8), atol=1e-5)  # SD attends over all 77 positions
     assert render_attention(maps, tmp_path / "words.png").is_file()
+
+
+def test_dtype_casts_the_weights_on_cuda_and_keeps_float32_on_the_cpu(tiny_sd_files):
+    """cast_networks, the function sample.py calls: on the CPU the weights stay float32 (autocast alone); the cast a
+    CUDA device gets, forced here on the CPU, puts the UNet, text encoder and autoencoder in bf16 / fp16, and
+    sampling in fp16 under autocast still draws the float32 image, to half precision's error."""
+    from diffusion.pipeline import generate_images
+    from diffusion.sampling import cast_networks, casts_weights
+
+    assert casts_weights(torch.device("cuda"), torch.float16) and not casts_weights(torch.device("cuda"), torch.float32)
+    assert not casts_weights(torch.device("cpu"), torch.bfloat16)
+
+    def draw(loaded, dtype):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            return generate_images(loaded.model, loaded.sampler(), ["a red bird"], [0], shape=loaded.shape, steps=2,
+                                   guidance_scale=7.5, init=torch.zeros(loaded.shape), strength=0.9,
+                                   decode=loaded.space.decode).float()
+
+    reference = load_model(tiny_sd_files[1])
+    assert not cast_networks(reference, torch.device("cpu"), torch.bfloat16)
+    assert {p.dtype for p in reference.model.parameters()} == {torch.float32}
+    for dtype in (torch.bfloat16, torch.float16):
+        loaded = load_model(tiny_sd_files[1])
+        assert cast_networks(loaded, torch.device("cpu"), dtype, cast=True)
+        for part in (loaded.model.denoiser, loaded.model.text, loaded.space.autoencoder):
+            assert {p.dtype for p in part.parameters()} == {dtype}, (dtype, type(part).__name__)
+    image, expected = draw(loaded, torch.float16), draw(reference, torch.float32)  # fp16: diffusers' SD on small GPUs
+    assert torch.isfinite(image).all() and (image - expected).abs().mean() < 0.01, (image - expected).abs().mean()
