@@ -9,9 +9,11 @@ checkpoint, prompts, init image and mask, check every value, draw in batches, wr
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +46,9 @@ def read_prompts(cfg) -> list[str]:
     if cfg.prompt is not None:
         prompts += [str(p) for p in cfg.prompt] if OmegaConf.is_list(cfg.prompt) else [str(cfg.prompt)]
     return prompts
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_sampling_values(cfg) -> None:
@@ -141,6 +146,59 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def sampled_size(cfg, loaded) -> tuple[tuple[int, int, int], int, int]:
+    """(the shape sampled, image height, image width): the model's native square, or `height` x `width` for
+    models that take sizes (SD: multiples of 64, the autoencoder's 8x times the UNet's 8x downsampling)."""
+    shape, resolution = tuple(loaded.payload["data"]["shape"]), int(loaded.payload["data"]["resolution"])
+    height, width = cfg.get("height"), cfg.get("width")
+    if height is None and width is None:
+        return shape, resolution, resolution
+    multiple = loaded.payload["data"].get("sizes")
+    if multiple is None:
+        given = "height" if height is not None else "width"
+        raise UserError(f"{given}={cfg.get(given)}: this model draws {resolution}x{resolution} only; height= / width= "
+                        f"apply to models that take sizes (Stable Diffusion)")
+    height, width = height or resolution, width or resolution
+    for key, value in (("height", height), ("width", width)):
+        if value % multiple:
+            raise UserError(f"{key}={value} is not a multiple of {multiple}: this model's images are multiples of "
+                            f"{multiple} pixels (e.g. {resolution})")
+    factor = resolution // shape[1]  # image pixels per latent (or pixel) cell
+    return (shape[0], height // factor, width // factor), height, width
+
+
+def casts_weights(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `dtype=` casts the weights, not only the arithmetic: on CUDA, yes (bf16 / fp16 halve the memory: SD
+    1.5's 1.07 B parameters take 2.1 GB, not 4.3); on the CPU, no (its half-precision kernels are few and slow, so
+    the weights stay float32 and autocast alone runs the matrix products in `dtype`)."""
+    return device.type == "cuda" and dtype != torch.float32
+
+
+def cast_networks(loaded, device: torch.device, dtype: torch.dtype, cast: bool | None = None) -> bool:
+    """Move the denoiser, the text encoder and the autoencoder to `device`, their weights cast to `dtype` where
+    `casts_weights` says (`cast=` forces it either way: the tests cast on the CPU). The autoencoder is cast too and
+    decodes in `dtype`, as diffusers' StableDiffusionPipeline(torch_dtype=float16) does: only its SDXL pipelines
+    read the VAE's `force_upcast` and decode in float32. Autocast still wraps every call (`generate`), so the
+    sampler's float32 x_t meets half-precision weights. Returns whether the weights were cast."""
+    cast = casts_weights(device, dtype) if cast is None else cast
+    networks = [loaded.model] + ([loaded.space.autoencoder] if hasattr(loaded.space, "autoencoder") else [])
+    for network in networks:  # .to(device, dtype) tensor by tensor: the device never holds the float32 copy
+        network.to(device=device, dtype=dtype if cast else None)
+    return cast
+
+
+def warn_truncated(model, prompts: list[str]) -> None:
+    """One line per prompt the text encoder cuts (CLIP: past 77 tokens), naming the words dropped."""
+    tokenizer = getattr(model.text, "tokenizer", None) if model.is_text_conditional else None
+    if not hasattr(tokenizer, "dropped"):
+        return
+    for prompt in dict.fromkeys(prompts):
+        dropped = tokenizer.dropped(prompt)
+        if dropped:
+            print(f"warning: prompt {prompt[:40]!r}... is longer than the text encoder's {tokenizer.max_length} "
+                  f"tokens; dropped: {dropped!r}", file=sys.stderr)
+
+
 def generate(cfg) -> list[Path]:
     """sample.py: load the checkpoint, draw every prompt `num_images` times, write each batch's PNGs as it finishes
     (memory: one batch, and the first GRID_IMAGES for the grid), then the grid. Image i is prompt i // num_images
@@ -153,7 +211,15 @@ def generate(cfg) -> list[Path]:
     check_sampling_values(cfg)
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.out_dir)
-    loaded = load_model(cfg.ckpt, device, use_ema=cfg.use_ema, vae_ckpt=cfg.get("vae_ckpt"))
+    dtype = DTYPES[cfg.get("dtype", "fp32")]
+    loaded = load_model(cfg.ckpt, "cpu" if casts_weights(device, dtype) else device, use_ema=cfg.use_ema,
+                        vae_ckpt=cfg.get("vae_ckpt"), tokenizer=cfg.get("tokenizer"),
+                        text_encoder=cfg.get("text_encoder"), clip_skip=cfg.get("clip_skip"))
+    cast_networks(loaded, device, dtype)  # read on the CPU in float32, then cast on the way to the GPU
+
+    def precision():  # the networks (text encoder, denoiser, autoencoder) in `dtype`; the sampler's arithmetic stays float32
+        return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
     model, train_cfg = loaded.model, loaded.config
     sampler_cfg = cfg.sampler if cfg.get("sampler") else train_cfg.sampler
     sampler = loaded.sampler(sampler_cfg, eta=None if cfg.eta is None else float(cfg.eta))
@@ -171,17 +237,17 @@ def generate(cfg) -> list[Path]:
                             'prompt="golden retriever" (ImageNet) ')
         prompts = [""]
     warn_ignored(cfg, loaded, prompts)
-    shape = tuple(loaded.payload["data"]["shape"])
-    resolution = int(loaded.payload["data"]["resolution"])
+    shape, height, width = sampled_size(cfg, loaded)
     init, mask = None, None
     if cfg.get("mask") and not cfg.init_image:
         raise UserError("a mask needs the image it masks: give init_image=<picture> with mask=<mask>")
     if cfg.init_image:
-        init = loaded.space.encode(load_init_image(cfg.init_image, resolution)[None].to(device))[0]
+        with precision():
+            init = loaded.space.encode(load_init_image(cfg.init_image, (height, width))[None].to(device))[0].float()
     if cfg.get("mask"):
         if not Path(cfg.mask).is_file():
             raise UserError(f"mask not found: {cfg.mask}")
-        mask = load_mask(cfg.mask, resolution, loaded.space)
+        mask = load_mask(cfg.mask, (height, width), loaded.space, grid=shape[1:])
         check_mask_size(cfg.mask, cfg.init_image)
     strength = float(cfg.strength if cfg.strength is not None else (1.0 if mask is not None else 0.6))
 
@@ -191,13 +257,15 @@ def generate(cfg) -> list[Path]:
         raise UserError(f"{clash} already exists; choose another out_dir (nothing was overwritten)")
     labels = class_labels(cfg, model, loaded.payload["data"], prompts, by_class_name)  # one per prompt
 
+    warn_truncated(model, prompts + [cfg.negative_prompt or ""])
     guidance = OmegaConf.to_container(cfg.guidance) if cfg.get("guidance") else None  # {"name": ..., options}
     common = {"ckpt": str(cfg.ckpt), "ckpt_step": int(loaded.payload["step"]), "use_ema": bool(cfg.use_ema),
               "sampler": sampler.name, "sampler_config": repr(sampler), "steps": steps, "eta": getattr(sampler, "eta", None),
               "guidance_scale": float(cfg.guidance_scale), "negative_prompt": cfg.negative_prompt or "",
               "init_image": str(cfg.init_image) if cfg.init_image else None,
               "strength": strength if cfg.init_image else None, "mask": str(cfg.mask) if cfg.get("mask") else None,
-              "class_label": cfg.get("class_label"), "source": loaded.payload.get("source")}
+              "class_label": cfg.get("class_label"), "source": loaded.payload.get("source"),
+              "height": height, "width": width, "dtype": cfg.get("dtype", "fp32")}
     meter = EnergyMeter(device, cfg.get("cost", {}).get("power_watts"))
     totals = {"flops": 0.0, "seconds": 0.0, "energy_j": 0.0, "network_calls": 0, "energy_source": meter.source}
     written, grid_images = [], []
@@ -210,11 +278,15 @@ def generate(cfg) -> list[Path]:
                 seeds = [(cfg.seed + i) % SEED_RANGE for i in indices]
                 tally = FlopTally()
                 meter.start()
-                images = generate_images(
-                    model, sampler, batch_prompts, seeds, shape=shape, steps=steps,
-                    guidance_scale=float(cfg.guidance_scale), guidance=guidance, negative_prompt=cfg.negative_prompt or "",
-                    class_labels=None if labels is None else [labels[i // cfg.num_images] for i in indices],
-                    init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device, tally=tally).cpu()
+                with precision(), warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "the prompt .* is longer than")  # said once above, in one line
+                    images = generate_images(
+                        model, sampler, batch_prompts, seeds, shape=shape, steps=steps,
+                        guidance_scale=float(cfg.guidance_scale), guidance=guidance,
+                        negative_prompt=cfg.negative_prompt or "",
+                        class_labels=None if labels is None else [labels[i // cfg.num_images] for i in indices],
+                        init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device,
+                        tally=tally).float().cpu()
                 if not torch.isfinite(images).all():
                     raise UserError(f"the model produced non-finite values (NaN or inf) for seeds {seeds[0]}..{seeds[-1]}; "
                                     f"its weights or this sampler's settings are broken: no image was written for them")

@@ -102,6 +102,12 @@ class SampleKeys(Keys):
     mask: text("a picture's path")
     class_label: integer("an integer >= 0 (a class index)", optional=True, ge=0)
     vae_ckpt: text("an autoencoder checkpoint path")
+    height: integer("a whole number of pixels >= 8 (e.g. 512)", optional=True, ge=8) = None
+    width: integer("a whole number of pixels >= 8 (e.g. 512)", optional=True, ge=8) = None
+    dtype: choice("fp32", "bf16", "fp16") = "fp32"
+    tokenizer: text("a folder with CLIP's vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz") = None
+    text_encoder: text("a CLIPTextModel folder") = None
+    clip_skip: integer("an integer >= 1 (1 = the text model's last layer, 2 = the one before)", optional=True, ge=1) = None
     device: text("auto, cpu, cuda or cuda:N", optional=False)
     out_dir: text("a folder", optional=False)
     cost: CostKeys = CostKeys()

@@ -25,8 +25,24 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+def stable_diffusion_files(root: Path, tiny_sd_files) -> dict:
+    """Files cut from the tiny random SD 1.x pipeline (tests/conftest.py): other families, a missing text encoder."""
+    from safetensors.torch import load_file, save_file
+
+    _, folder, single = tiny_sd_files
+    state = load_file(single)
+    made = {"sdxl": {**state, "conditioner.embedders.0.x": torch.zeros(1)},
+            "sd2": {"cond_stage_model.model.x": torch.zeros(1), **state},
+            "flux": {"double_blocks.0.img_attn.qkv.weight": torch.zeros(1)},
+            "sd_no_text": {k: v for k, v in state.items() if not k.startswith("cond_stage_model.")}}
+    for name, tensors in made.items():
+        save_file(tensors, str(root / f"{name}.safetensors"))
+    return {"sd_folder": folder, "sd_tokenizer": folder / "tokenizer",
+            **{name: root / f"{name}.safetensors" for name in made}}
+
+
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, two_step_checkpoint):
+def files(tmp_path_factory, two_step_checkpoint, tiny_sd_files):
     root = tmp_path_factory.mktemp("bad_input")
     good = two_step_checkpoint
     payload = ckpt.load_checkpoint(good)
@@ -55,7 +71,7 @@ def files(tmp_path_factory, two_step_checkpoint):
     taken = root / "taken"
     taken.mkdir()
     (taken / "0000_seed0.png").write_bytes(b"an image the user keeps")
-    return {"root": root, "good": good, "corrupt": corrupt, "v999": other_version, "pickle": crafted_pickle,
+    return {**stable_diffusion_files(root, tiny_sd_files), "root": root, "good": good, "corrupt": corrupt, "v999": other_version, "pickle": crafted_pickle,
             "config": crafted_config, "marker": marker, "text_png": text_as_png, "taken": taken,
             "init_png": init_png, "small_mask": small_mask, "nan": nan_weights}
 
@@ -176,6 +192,13 @@ def cases(f):
           ]],
         ("diffusion.evaluation.probe", ["--steps", "-5", "--cache-dir", str(f["root"] / "cache")], "--steps=-5: use an integer >= 1"),
         ("diffusion.evaluation.probe", ["--resolution", "8", "--cache-dir", str(f["root"] / "cache")], "--resolution=8: use an integer >= 16"),
+        # sample.py on Stable Diffusion (the tiny random pipeline: its sizes are multiples of 4, SD 1.5's of 64)
+        *(("sample.py", [f"ckpt={f[name]}", f"tokenizer={f['sd_tokenizer']}", "prompt=x", out], words) for name, words in (
+            ("sdxl", "is a SDXL checkpoint"), ("sd2", "is a Stable Diffusion 2.x checkpoint"),
+            ("flux", "is a Flux checkpoint"), ("sd_no_text", "holds no text encoder"))),
+        ("sample.py", [f"ckpt={f['sd_folder']}", "prompt=x", "height=18", out], "height=18 is not a multiple of 4"),
+        ("sample.py", [f"ckpt={f['good']}", f"tokenizer={f['sd_tokenizer']}", "prompt=x", out],
+         "tokenizer= applies to Stable Diffusion checkpoints"),
         # data commands
         ("diffusion.data.toybirds", ["--out", str(f["root"] / "birds"), "--num", "0"], "num"),
         ("diffusion.data.toybirds", ["--out", str(f["root"] / "birds"), "--num", "4", "--resolution", "8"], "16"),
