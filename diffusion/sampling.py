@@ -43,6 +43,7 @@ def read_prompts(cfg) -> list[str]:
     return prompts
 
 
+DEFAULT_GUIDANCE_SCALE = 3.0  # guidance_scale=null (experiments/guidance: adherence plateaus from 3)
 MAX_SEED = 2**63 - 2**32  # image i gets seed + i; torch's generators take seeds below 2**63 here, with room for i
 
 
@@ -60,8 +61,9 @@ def check_sampling_values(cfg) -> None:
         ("num_images", cfg.num_images, is_int(cfg.num_images) and cfg.num_images >= 1, "an integer >= 1"),
         ("batch_size", cfg.batch_size, is_int(cfg.batch_size) and cfg.batch_size >= 1, "an integer >= 1"),
         ("seed", cfg.seed, is_int(cfg.seed) and 0 <= cfg.seed < MAX_SEED, f"an integer in [0, {MAX_SEED})"),
-        ("guidance_scale", cfg.guidance_scale, is_number(cfg.guidance_scale) and 0 <= cfg.guidance_scale <= 100,
-         "a number in [0, 100] (1 = no guidance, 3-7 typical)"),
+        ("guidance_scale", cfg.guidance_scale, cfg.guidance_scale is None or (is_number(cfg.guidance_scale) and
+                                                                             0 <= cfg.guidance_scale <= 100),
+         "a number in [0, 100] (1 = no guidance, 3-7 typical), or null"),
         ("eta", cfg.eta, cfg.eta is None or (is_number(cfg.eta) and 0 <= cfg.eta <= 1), "a number in [0, 1]"),
         ("strength", cfg.strength, cfg.strength is None or (is_number(cfg.strength) and 0 < cfg.strength <= 1),
          "a number in (0, 1]"),
@@ -118,6 +120,9 @@ def generate(cfg) -> list[Path]:
     steps = cfg.steps if cfg.steps is not None else sampler_cfg.steps
     sampler.levels(steps)  # validates steps before any work
     steps = int(steps)
+    # null: 3, or 1 for a consistency student (its teacher's guidance is distilled into it: one pass a step)
+    guidance_scale = float(cfg.guidance_scale if cfg.guidance_scale is not None else
+                           1.0 if loaded.is_consistency_student else DEFAULT_GUIDANCE_SCALE)
 
     prompts = read_prompts(cfg)
     by_class_name = model.num_classes is not None and not model.is_text_conditional and bool(prompts)
@@ -158,7 +163,7 @@ def generate(cfg) -> list[Path]:
         meter.start()
         images.append(generate_images(
             model, sampler, [p for p, _ in batch], [s for _, s in batch], shape=shape, steps=steps,
-            guidance_scale=float(cfg.guidance_scale), guidance=guidance, negative_prompt=cfg.negative_prompt or "",
+            guidance_scale=guidance_scale, guidance=guidance, negative_prompt=cfg.negative_prompt or "",
             class_labels=None if labels is None else labels[start: start + cfg.batch_size],
             init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device, tally=tally).cpu())
         if not torch.isfinite(images[-1]).all():
@@ -173,7 +178,7 @@ def generate(cfg) -> list[Path]:
 
     common = {"ckpt": str(cfg.ckpt), "ckpt_step": int(loaded.payload["step"]), "use_ema": bool(cfg.use_ema),
               "sampler": sampler.name, "sampler_config": repr(sampler), "steps": steps, "eta": getattr(sampler, "eta", None),
-              "guidance_scale": float(cfg.guidance_scale), "negative_prompt": cfg.negative_prompt or "",
+              "guidance_scale": guidance_scale, "negative_prompt": cfg.negative_prompt or "",
               "init_image": str(cfg.init_image) if cfg.init_image else None,
               "strength": strength if cfg.init_image else None, "mask": str(cfg.mask) if cfg.get("mask") else None,
               "class_label": cfg.get("class_label"), "source": loaded.payload.get("source")}

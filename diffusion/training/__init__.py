@@ -6,14 +6,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusion.errors import check_choice
+from diffusion.errors import UserError, check_choice
 
-TASKS = ("diffusion", "vae")
+TASKS = ("diffusion", "vae", "distill")
 
 
 def train(cfg) -> Path:
     """Train as `cfg` says and return the final checkpoint's path."""
     check_choice("task", cfg.task, TASKS)
+    if cfg.get("teacher") and cfg.task != "distill":
+        raise UserError(f"teacher={cfg.teacher} applies to task=distill (a consistency student of that checkpoint); "
+                        f"add task=distill, or drop teacher")
+    if cfg.task == "distill":
+        from diffusion.training.distill import distill_consistency
+
+        return distill_consistency(cfg)
     if cfg.task == "vae":
         from diffusion.training.autoencoder import train_autoencoder
 
