@@ -29,6 +29,7 @@ from the `grid_points`-point grid it was trained on (as diffusers' LCMScheduler 
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -93,7 +94,8 @@ class ConsistencySampler(Sampler):
             raise UserError(f"sampler.grid_points must be an integer >= 1, got {grid_points!r}")
         if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not sigma_data > 0:
             raise UserError(f"sampler.sigma_data must be a number > 0, got {sigma_data!r}")
-        options["clip_sample"] = False  # D is read unclipped (the student's function); the image is clipped below
+        if "clip_sample" in inspect.signature(SAMPLERS[name]).parameters:
+            options["clip_sample"] = False  # D is read unclipped (the student's function); the image is clipped below
         self.solver = SAMPLERS[name](objective, **options)
         if self.solver.stochastic:
             raise UserError(f"sampler.solver {name} is stochastic; consistency distillation follows the teacher's ODE: "

@@ -196,6 +196,8 @@ def distill(cfg, device: torch.device) -> Path:
 
     # student (from the teacher's EMA weights), EMA target, EMA for sampling, optimizer
     torch.manual_seed(cfg.seed)
+    memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
+    teacher.model.to(memory_format=memory_format)
     student = copy.deepcopy(teacher.model).train()
     student.requires_grad_(False)
     student.denoiser.requires_grad_(True)  # the text encoder stays the teacher's (LCM freezes it too)
@@ -214,16 +216,16 @@ def distill(cfg, device: torch.device) -> Path:
 
     def group_losses(batch, step: int) -> torch.Tensor:
         """The per-example loss of a batch: level_groups groups, each at its own grid index."""
-        x0 = batch["image"].to(device)
+        x0 = batch["image"].to(device).contiguous(memory_format=memory_format)
         generator = step_generator(cfg.seed, step, 0, torch.device("cpu"))
         with torch.no_grad():
             cond = teacher.model.encode(list(batch["text"]), batch["label"], device=device)
             uncond = teacher.model.encode([""] * len(x0), torch.full_like(batch["label"], -1), device=device)
         losses = []
-        for rows in torch.arange(len(x0)).tensor_split(d.level_groups):
+        for rows in torch.arange(len(x0)).tensor_split(min(d.level_groups, len(x0))):
             n = int(torch.randint(0, d.grid_points, (), generator=generator))
             level, level_next = grid[n], grid[min(n + d.skip, d.grid_points)]
-            noise = torch.randn(x0[rows].shape, generator=generator).to(device)
+            noise = torch.randn(x0[rows].shape, generator=generator).to(device).contiguous(memory_format=memory_format)
             losses.append(consistency_loss(student, target.model, teacher.model, sampler, teacher_solver, x0[rows],
                                            cond[rows], uncond[rows], level, level_next, noise,
                                            float(d.guidance_scale), d.distance, float(d.huber_c)))
@@ -275,10 +277,13 @@ def distill(cfg, device: torch.device) -> Path:
     start_time, last_good = time.time(), None
     last_log_time, last_log_step = start_time, start_step
     step, stopping = start_step, False
+    fit_to_time = bool(trainer.get("fit_schedule_to_time", False))
     bar = tqdm(total=trainer.max_steps, initial=start_step, desc="distilling", unit="step", dynamic_ncols=True)
     with GracefulStop() as stop, bar:
         while step < trainer.max_steps:
-            lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio)
+            spent = trained_before + time.time() - start_time  # with fit_schedule_to_time the lr decay spans max_minutes
+            lr = lr_at(step, trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay, cfg.optim.min_lr_ratio,
+                       time_progress=spent / (60 * trainer.max_minutes) if fit_to_time else 0.0)
             set_lr(optimizer, lr)
             loss = torch.zeros((), device=device)
             for micro in range(trainer.grad_accum):
@@ -297,7 +302,7 @@ def distill(cfg, device: torch.device) -> Path:
             samples_seen += trainer.batch_size * trainer.grad_accum
             bar.update(1)
 
-            out_of_time = trainer.max_minutes is not None and time.time() - start_time > 60 * trainer.max_minutes
+            out_of_time = trainer.max_minutes is not None and (spent if fit_to_time else time.time() - start_time) > 60 * trainer.max_minutes
             stopping = stop.requested or out_of_time
             finishing = step == trainer.max_steps or stopping
             if step % trainer.log_every == 0 or finishing:
