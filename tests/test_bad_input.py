@@ -151,7 +151,7 @@ def cases(f):
         ("sample.py", [f"ckpt={f['nan']}", *sample[2:]], "weight tensors hold NaN or inf"),
         ("sample.py", [*sample[1:], "device=cuda:7"], "no CUDA GPU"),
         ("sample.py", [*sample[1:], "colour=red"], "unknown config key 'colour'"),
-        ("sample.py", [*sample[1:], "sampler=dpm"], "Could not find 'sampler/dpm'; available: ddim, ddpm, dpmpp_2m"),
+        ("sample.py", [*sample[1:], "sampler=dpm"], "Could not find 'sampler/dpm'; available: consistency, ddim, ddpm, dpmpp_2m"),
         ("sample.py", [*sample[1:], "sampler=heun", "steps=1"], "steps must be an integer >= 2 for heun"),
         ("sample.py", [*sample[1:], "sampler=euler", "sampler.sigmas=kara"], "unknown euler sigma spacing (sampler.sigmas) 'kara'"),
         ("sample.py", [*sample[1:], "sampler=flow_euler"], "sampler flow_euler does not fit this model's objective (ddpm)"),
