@@ -69,13 +69,12 @@ def settings(args) -> list[tuple[str, str, str | None, int, float]]:
     """(row name, checkpoint, sampler config name or None for the checkpoint's own, steps, guidance scale)."""
     nfes = args.nfes[:2] if args.smoke else args.nfes
     rows = [(BASELINE[0], args.teacher, BASELINE[1], BASELINE[2], args.guidance_scale)]
-    rows += [(solver, args.teacher, solver, nfe, args.guidance_scale) for solver in SOLVERS for nfe in nfes]
     if args.student:
         rows += [("consistency", args.student, None, nfe, 1.0) for nfe in nfes]  # guidance is distilled in
     for text in args.row:
         name, ckpt, sampler = parse_row(text)
         rows += [(name, ckpt, None if sampler == "own" else sampler, nfe, 1.0) for nfe in nfes]
-    return rows
+    return rows + [(solver, args.teacher, solver, nfe, args.guidance_scale) for solver in SOLVERS for nfe in nfes]
 
 
 def score(loaded, sampler: str | None, steps: int, scale: float, args, probe, extractor) -> dict:
@@ -177,7 +176,9 @@ def report(args, results: list[dict], distill: dict | None, minutes: float, grid
         "", "## Results", "", *lines, "",
         "## Targets (issue 33)", "", *[f"- {line}" for line in targets(results)], "",
         "## Distillation cost", "", f"```\n{json.dumps(distill, indent=1)}\n```" if distill else "(no student given)", "",
-        f"![grid]({grid})", ""])
+        f"![grid]({grid})", "", f"Grid: 8 images (the first 8 prompts, seed {args.seeds[0]}) per row, rows in this order: "
+        + ", ".join(f"{r['row']} NFE {r['steps']}" for r in results if r["steps"] in (BASELINE[2], 1, 2)) + ".", "",
+        *(["## Findings", "", (args.out / "findings.md").read_text()] if (args.out / "findings.md").is_file() else [])])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "README.md" if not args.smoke else args.out / "README_smoke.md").write_text(text)
 
