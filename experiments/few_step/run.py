@@ -107,7 +107,8 @@ def cached_score(key: dict, cache: Path, compute) -> dict:
     path = cache / f"score-{digest}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
-    result = compute()
+    began = time.time()
+    result = {**compute(), "wall_seconds": round(time.time() - began, 1)}  # kept: a reused score still says its cost
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(result, path)
     return result
@@ -158,6 +159,13 @@ def targets(results: list[dict]) -> list[str]:
     return lines
 
 
+def scoring_time(results: list[dict]) -> str:
+    seconds = [r.get("wall_seconds") for r in results]
+    if None in seconds:
+        return ""
+    return f"; scoring every setting took {sum(seconds) / 60:.1f} min wall in all, reused scores included"
+
+
 def report(args, results: list[dict], distill: dict | None, minutes: float, grid: str) -> None:
     header = ["row", "NFE", "adherence % (mean [95% t-interval], {} seeds)".format(len(args.seeds)),
               "FID-by-probe (mean [95% t])", "GFLOP / image", "J / image"]
@@ -170,7 +178,7 @@ def report(args, results: list[dict], distill: dict | None, minutes: float, grid
     text = "\n".join([
         "# Few-step generation: the consistency student against the multistep solvers", "",
         *(["> **Smoke run**: the numbers mean nothing.", ""] if args.smoke else []),
-        f"Command: `{command}` ({minutes:.1f} min wall).", "",
+        f"Command: `{command}` ({minutes:.1f} min wall for this invocation{scoring_time(results)}).", "",
         f"{args.num} test-split prompts per setting and seed, seeds {args.seeds}, FID-by-probe against {args.ref_num} "
         f"val renders (biased upward at small N: compare rows, not papers). Energy: {results[0]['cost_per_image']['energy_source']}.",
         "", "## Results", "", *lines, "",
