@@ -149,7 +149,8 @@ def distillation_space(cfg, teacher, dataset, device):
     from diffusion.training.runtime import Processes
 
     vae = OmegaConf.merge(teacher.config.vae, {"ckpt": str(asked or reference["path"])})
-    with_vae = OmegaConf.merge(cfg, {"vae": vae})
+    with_vae = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # not struct: the teacher's vae keys
+    with_vae.vae = vae
     space = LatentSpace.for_training(with_vae, dataset, device, Processes())
     if space.reference["fingerprint"] != reference["fingerprint"]:
         raise UserError(f"teacher={cfg.teacher} denoises the latents of autoencoder {reference['path']} "
