@@ -303,7 +303,9 @@ def distill(cfg, device: torch.device) -> Path:
             samples_seen += trainer.batch_size * trainer.grad_accum
             bar.update(1)
 
-            out_of_time = trainer.max_minutes is not None and (spent if fit_to_time else time.time() - start_time) > 60 * trainer.max_minutes
+            spent = trained_before + time.time() - start_time
+            budget_used = spent if fit_to_time else time.time() - start_time  # fitted to time: the budget spans resumes
+            out_of_time = trainer.max_minutes is not None and budget_used > 60 * trainer.max_minutes
             stopping = stop.requested or out_of_time
             finishing = step == trainer.max_steps or stopping
             if step % trainer.log_every == 0 or finishing:
