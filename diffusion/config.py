@@ -41,6 +41,7 @@ ALLOWED_TARGETS = frozenset({
     "diffusion.samplers.UniPCSampler",
     "diffusion.samplers.FlowEulerSampler",
     "diffusion.samplers.FlowHeunSampler",
+    "diffusion.samplers.ConsistencySampler",
     "diffusion.data.toybirds.ToyBirds",
     "diffusion.data.birds.CUBBirds",
     "diffusion.data.imagefolder.ImageFolder",
@@ -166,7 +167,7 @@ def build_sampler(sampler_cfg, objective, bounded: bool = True, eta=None):
 
     node = OmegaConf.to_container(sampler_cfg, resolve=True) if isinstance(sampler_cfg, DictConfig) else dict(sampler_cfg)
     sampler_class = target_class(node, "sampler")
-    if sampler_class.family not in objective.sampler_families:
+    if sampler_class.family is not None and sampler_class.family not in objective.sampler_families:
         raise UserError(f"sampler {sampler_class.name} does not fit this model's objective ({objective.name}); "
                         f"use sampler={' | '.join(samplers_fitting(objective))}")
     if "eta" in node and "eta" not in inspect.signature(sampler_class).parameters:
@@ -180,3 +181,36 @@ def build_sampler(sampler_cfg, objective, bounded: bool = True, eta=None):
         elif eta != 0:
             raise UserError(f"eta={eta} applies to ddim only; {sampler_class.name} has no eta (use sampler=ddim, or eta=0)")
     return build(node, exclude=("steps",), where="sampler", objective=objective)
+
+
+def is_consistency_student(config) -> bool:
+    """Whether a checkpoint's stored config is a consistency student's (python train.py task=distill)."""
+    return config.get("task") == "distill"
+
+
+STUDENT_KEYS = ("solver", "grid_points", "sigma_data")  # part of the student's function, fixed by its distillation
+
+
+def sampler_node_for(config, sampler_cfg=None) -> dict:
+    """The sampler node to build for a checkpoint trained with `config`: its own, or `sampler_cfg`. A consistency
+    student is sampled only by the consistency sampler, with the solver, grid and boundary it was distilled with;
+    no other checkpoint is sampled by it."""
+    stored = OmegaConf.to_container(config.sampler, resolve=True)
+    if sampler_cfg is None:
+        return stored
+    node = OmegaConf.to_container(sampler_cfg, resolve=True) if isinstance(sampler_cfg, DictConfig) else dict(sampler_cfg)
+    wants_consistency = target_class(node, "sampler").name == "consistency"
+    if not is_consistency_student(config):
+        if wants_consistency:
+            raise UserError(f"sampler=consistency samples consistency students (python train.py task=distill "
+                            f"teacher=<ckpt>); this checkpoint was trained with task={config.get('task', 'diffusion')}: "
+                            f"use its own sampler or another one (ddim, dpmpp_2m, unipc, ...)")
+        return node
+    if not wants_consistency:
+        raise UserError(f"this checkpoint is a consistency student (distilled from {config.get('teacher')}); other "
+                        f"samplers would read it as a plain denoiser: sample it with sampler=consistency (or no sampler=)")
+    for key in STUDENT_KEYS:
+        if node.get(key) is not None and node[key] != stored.get(key):
+            raise UserError(f"sampler.{key}={node[key]!r}: the student was distilled with {stored.get(key)!r}, which is "
+                            f"part of its function; drop sampler.{key}")
+    return {**stored, **{key: value for key, value in node.items() if key not in STUDENT_KEYS}}

@@ -19,7 +19,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from diffusion.conditioning import Cond
-from diffusion.config import build, build_sampler, objective_for, stored_config, target_class
+from diffusion.config import (build, build_sampler, is_consistency_student, objective_for, sampler_node_for,
+                              stored_config, target_class)
 from diffusion.errors import UserError
 
 
@@ -143,10 +144,17 @@ class LoadedModel:
         """The objective the checkpoint was trained with (checkpoints from before objectives: ddpm)."""
         return objective_for(self.config)
 
+    @property
+    def is_consistency_student(self) -> bool:
+        """Distilled by `python train.py task=distill` (guidance folded in): sampled by the consistency sampler."""
+        return is_consistency_student(self.config)
+
     def sampler(self, sampler_cfg=None, eta=None):
-        """The checkpoint's own sampler, or `sampler_cfg` (e.g. from `sample.py sampler=ddpm`); image-to-image
-        counts its steps from strength as the model's config says (`strength_rounding`, any sampler)."""
-        sampler = build_sampler(sampler_cfg or self.config.sampler, self.objective, bounded=self.space.bounded, eta=eta)
+        """The checkpoint's own sampler, or `sampler_cfg` (e.g. from `sample.py sampler=ddpm`); a consistency
+        student only by the consistency sampler (diffusion.config.sampler_node_for); image-to-image counts its steps
+        from strength as the model's config says (`strength_rounding`, any sampler)."""
+        sampler = build_sampler(sampler_node_for(self.config, sampler_cfg), self.objective, bounded=self.space.bounded,
+                                eta=eta)
         sampler.strength_rounding = self.config.get("strength_rounding", sampler.strength_rounding)
         return sampler
 

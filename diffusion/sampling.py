@@ -48,6 +48,7 @@ def read_prompts(cfg) -> list[str]:
     return prompts
 
 
+DEFAULT_GUIDANCE_SCALE = 3.0  # guidance_scale=null (experiments/guidance: adherence plateaus from 3)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -66,7 +67,7 @@ def warn_ignored(cfg, loaded, prompts: list[str]) -> None:
     """A key that has no effect on this model is named in one line, never silently dropped."""
     model = loaded.model
     conditional = model.is_text_conditional or model.num_classes is not None
-    if not conditional and float(cfg.guidance_scale) != 1.0:
+    if not conditional and cfg.guidance_scale is not None and float(cfg.guidance_scale) != 1.0:
         warn(f"guidance_scale={cfg.guidance_scale} has no effect: this model is unconditional (nothing to guide towards)")
     if not conditional and cfg.get("guidance") and cfg.guidance.get("name", "cfg") != "cfg":
         warn(f"guidance={cfg.guidance.name} has no effect: this model is unconditional")
@@ -226,6 +227,9 @@ def generate(cfg) -> list[Path]:
     steps = cfg.steps if cfg.steps is not None else sampler_cfg.steps
     sampler.levels(steps)  # validates steps before any work
     steps = int(steps)
+    # null: 3, or 1 for a consistency student (its teacher's guidance is distilled into it: one pass a step)
+    guidance_scale = float(cfg.guidance_scale if cfg.guidance_scale is not None else
+                           1.0 if loaded.is_consistency_student else DEFAULT_GUIDANCE_SCALE)
 
     prompts = read_prompts(cfg)
     by_class_name = model.num_classes is not None and not model.is_text_conditional and bool(prompts)
@@ -261,7 +265,7 @@ def generate(cfg) -> list[Path]:
     guidance = OmegaConf.to_container(cfg.guidance) if cfg.get("guidance") else None  # {"name": ..., options}
     common = {"ckpt": str(cfg.ckpt), "ckpt_step": int(loaded.payload["step"]), "use_ema": bool(cfg.use_ema),
               "sampler": sampler.name, "sampler_config": repr(sampler), "steps": steps, "eta": getattr(sampler, "eta", None),
-              "guidance_scale": float(cfg.guidance_scale), "negative_prompt": cfg.negative_prompt or "",
+              "guidance_scale": guidance_scale, "negative_prompt": cfg.negative_prompt or "",
               "init_image": str(cfg.init_image) if cfg.init_image else None,
               "strength": strength if cfg.init_image else None, "mask": str(cfg.mask) if cfg.get("mask") else None,
               "class_label": cfg.get("class_label"), "source": loaded.payload.get("source"),
@@ -282,7 +286,7 @@ def generate(cfg) -> list[Path]:
                     warnings.filterwarnings("ignore", "the prompt .* is longer than")  # said once above, in one line
                     images = generate_images(
                         model, sampler, batch_prompts, seeds, shape=shape, steps=steps,
-                        guidance_scale=float(cfg.guidance_scale), guidance=guidance,
+                        guidance_scale=guidance_scale, guidance=guidance,
                         negative_prompt=cfg.negative_prompt or "",
                         class_labels=None if labels is None else [labels[i // cfg.num_images] for i in indices],
                         init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device,

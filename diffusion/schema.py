@@ -95,7 +95,7 @@ class SampleKeys(Keys):
     seed: SEED
     steps: integer("an integer >= 1", optional=True, ge=1)
     eta: number("a number in [0, 1]", optional=True, ge=0, le=1)
-    guidance_scale: number("a number in [0, 100] (1 = no guidance, 3-7 typical)", ge=0, le=100)
+    guidance_scale: number("a number in [0, 100] (1 = no guidance, 3-7 typical)", optional=True, ge=0, le=100)
     use_ema: boolean()
     init_image: text("a picture's path")
     strength: number("a number in (0, 1]", optional=True, gt=0, le=1)
@@ -176,8 +176,21 @@ class LoggerKeys(Keys):
     mode: choice("offline", "online", "disabled") = "offline"
 
 
+class DistillKeys(Keys):  # task=distill (diffusion/training/distill.py)
+    guidance_scale: number("a number in [0, 100] (1 = the unguided teacher)", ge=0, le=100)
+    grid_points: integer("an integer >= 2", ge=2)
+    skip: integer("an integer in [1, distill.grid_points]", ge=1)
+    solver: choice("ddim", "euler", "heun", "flow_euler", "flow_heun", optional=True)
+    target_decay: PROBABILITY
+    distance: choice("l2", "pseudo_huber")
+    huber_c: POSITIVE
+    sigma_data: POSITIVE
+    level_groups: integer("an integer in [1, trainer.batch_size]", ge=1)
+
+
 class TrainKeys(Keys):
-    task: choice("diffusion", "vae")
+    task: choice("diffusion", "vae", "distill")
+    teacher: text("a diffusion checkpoint to distil (task=distill)") = None
     seed: SEED
     device: text("auto, cpu, cuda or cuda:N", optional=False)
     resume: text("a checkpoint path, or auto")
@@ -187,6 +200,7 @@ class TrainKeys(Keys):
     diffusion: DiffusionKeys
     logger: LoggerKeys = LoggerKeys()
     cost: CostKeys = CostKeys()
+    distill: DistillKeys | None = None
 
 
 # python -m diffusion.evaluation ----------------------------------------------------------------------------------
@@ -195,7 +209,7 @@ class EvaluationArgs(Keys):
     ref_num: integer("an integer >= 2", optional=True, ge=2)
     steps: integer("an integer >= 1", optional=True, ge=1)
     eta: number("a number in [0, 1]", optional=True, ge=0, le=1)
-    guidance_scale: number("a number in [0, 100]", ge=0, le=100)
+    guidance_scale: number("a number in [0, 100]", optional=True, ge=0, le=100)
     batch_size: COUNT
     seed: SEED
     seeds: Annotated[list[Annotated[int, Field(strict=True, ge=0, lt=SEED_RANGE)]] | None,

@@ -12,7 +12,8 @@ import torch
 from omegaconf import OmegaConf
 
 from diffusion import checkpoint as ckpt
-from tiny import TINY_TRAIN, run_in_process, run_script
+from diffusion.training import train
+from tiny import TINY_TRAIN, run_in_process, run_script, tiny_train_cfg
 
 
 class Evil:
@@ -46,6 +47,8 @@ def files(tmp_path_factory, two_step_checkpoint, tiny_sd_files):
     root = tmp_path_factory.mktemp("bad_input")
     good = two_step_checkpoint
     payload = ckpt.load_checkpoint(good)
+    student = train(tiny_train_cfg(root / "student", "task=distill", f"teacher={good}", "trainer.max_steps=1",
+                                   "distill.grid_points=4", "distill.level_groups=1"))
 
     corrupt = root / "corrupt.ckpt"
     corrupt.write_bytes(good.read_bytes()[:1000])  # a checkpoint cut short
@@ -73,7 +76,7 @@ def files(tmp_path_factory, two_step_checkpoint, tiny_sd_files):
     (taken / "0000_seed0.png").write_bytes(b"an image the user keeps")
     return {**stable_diffusion_files(root, tiny_sd_files), "root": root, "good": good, "corrupt": corrupt, "v999": other_version, "pickle": crafted_pickle,
             "config": crafted_config, "marker": marker, "text_png": text_as_png, "taken": taken,
-            "init_png": init_png, "small_mask": small_mask, "nan": nan_weights}
+            "init_png": init_png, "small_mask": small_mask, "nan": nan_weights, "student": student}
 
 
 def cases(f):
@@ -130,6 +133,20 @@ def cases(f):
         (*train_tiny[:1], [*train_tiny[1:], "dataset=imagefolder"], "dataset.path"),
         (*train_tiny[:1], [*train_tiny[1:], "dataset=imagefolder", f"dataset.path={f['root'] / 'nowhere'}"], "nowhere"),
         (*train_tiny[:1], [*train_tiny[1:], "dataset=cifar10", "dataset.download=false", f"paths.data_dir={f['root'] / 'nodata'}"], "cifar10"),
+        # train.py task=distill
+        (*train_tiny[:1], [*train_tiny[1:], "task=distill"], "task=distill needs the model to distil: teacher="),
+        (*train_tiny[:1], [*train_tiny[1:], "task=distill", f"teacher={f['text_png']}"], "corrupt or not a checkpoint"),
+        (*train_tiny[:1], [*train_tiny[1:], "task=distill", f"teacher={f['root'] / 'missing.ckpt'}"], "checkpoint not found"),
+        (*train_tiny[:1], [*train_tiny[1:], f"teacher={f['good']}"], "applies to task=distill"),
+        (*train_tiny[:1], [*train_tiny[1:], "task=distill", f"teacher={f['student']}"], "is itself a consistency student"),
+        (*train_tiny[:1], [*train_tiny[1:], "task=distill", f"teacher={f['good']}", "dataset.resolution=32"],
+         "was trained at 16px but the data is 32px"),
+        (*train_tiny[:1], [*train_tiny[1:], "task=distill", f"teacher={f['good']}", f"vae.ckpt={f['good']}"],
+         "denoises pixels, but vae.ckpt="),
+        (*train_tiny[:1], [*train_tiny[1:], "task=distill", f"teacher={f['good']}", "distill.skip=0"],
+         "distill.skip=0: use an integer in [1, distill.grid_points]"),
+        (*train_tiny[:1], [*train_tiny[1:], "task=distill", f"teacher={f['good']}", "distill.solver=ddpm"],
+         "distill.solver='ddpm': use one of ddim, euler, heun, flow_euler, flow_heun"),
         # sample.py
         ("sample.py", ["prompt=a red bird"], "give a checkpoint"),
         ("sample.py", [f"ckpt={f['root'] / 'missing.ckpt'}", "prompt=x", out], "checkpoint not found"),
@@ -159,7 +176,7 @@ def cases(f):
         ("sample.py", [f"ckpt={f['nan']}", *sample[2:]], "weight tensors hold NaN or inf"),
         ("sample.py", [*sample[1:], "device=cuda:7"], "no CUDA GPU"),
         ("sample.py", [*sample[1:], "colour=red"], "unknown config key 'colour'"),
-        ("sample.py", [*sample[1:], "sampler=dpm"], "Could not find 'sampler/dpm'; available: ddim, ddpm, dpmpp_2m"),
+        ("sample.py", [*sample[1:], "sampler=dpm"], "Could not find 'sampler/dpm'; available: consistency, ddim, ddpm, dpmpp_2m"),
         ("sample.py", [*sample[1:], "sampler=heun", "steps=1"], "steps must be an integer >= 2 for heun"),
         ("sample.py", [*sample[1:], "sampler=euler", "sampler.sigmas=kara"], "unknown euler sigma spacing (sampler.sigmas) 'kara'"),
         ("sample.py", [*sample[1:], "sampler=flow_euler"], "sampler flow_euler does not fit this model's objective (ddpm)"),
@@ -170,6 +187,11 @@ def cases(f):
         ("sample.py", [*sample[1:], f"init_image={f['init_png']}", f"mask={f['small_mask']}"],
          "give a mask of the init image's size"),
         ("sample.py", [*sample[1:], f"prompts_file={f['root'] / 'none.txt'}"], "prompts_file not found"),
+        ("sample.py", [*sample[1:], "sampler=consistency"], "sampler=consistency samples consistency students"),
+        ("sample.py", [f"ckpt={f['student']}", *sample[2:-2], "steps=5", out], "steps must be an integer in [1, 4]"),
+        ("sample.py", [f"ckpt={f['student']}", *sample[2:], "sampler=ddim"], "this checkpoint is a consistency student"),
+        ("sample.py", [f"ckpt={f['student']}", *sample[2:], "sampler=consistency", "sampler.grid_points=8"],
+         "sampler.grid_points=8: the student was distilled with 4"),
         ("sample.py", [*sample[1:-1], f"out_dir={f['taken']}"], "already exists; choose another out_dir"),
         ("sample.py", [*sample[1:], "class_label=3"], "class_label=3 applies to class-conditional models"),
         ("sample.py", [*sample[1:], "class_label=-1"], "class_label=-1: use an integer >= 0"),

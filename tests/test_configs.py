@@ -66,6 +66,8 @@ def test_every_option_of_every_group_composes_and_builds(group, tmp_path):
             extra = ["text=none", "model.depth=1"]
         if group == "sampler" and option.startswith("flow_"):
             extra = ["objective=flow"]  # a flow sampler samples a flow model
+        if group == "sampler" and option == "consistency":  # what a consistency student stores (task=distill)
+            extra = ["sampler.solver={name:ddim}", "sampler.grid_points=10", "sampler.sigma_data=0.01"]
         cfg = tiny_train_cfg(tmp_path, f"{group}={option}", *extra)
         sampler = build_sampler(cfg.sampler, objective_for(cfg))
         if group == "objective":  # each objective brings its own sampler (conf/objective/*.yaml)

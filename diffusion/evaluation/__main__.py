@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's sampler)")
     parser.add_argument("--sampler", default=None, help="ddim | ddpm (default: the checkpoint's)")
     parser.add_argument("--eta", type=float, default=None)
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="the guidance strength")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="the guidance strength (default 3; 1 for a consistency student, whose guidance is distilled in)")
     parser.add_argument("--guidance", default="cfg", help="the guidance method: cfg | interval | apg | rescale "
                         "(diffusion/guidance; defaults of each in conf/guidance/<method>.yaml)")
     parser.add_argument("--guidance-option", action="append", default=[], metavar="KEY=VALUE",
@@ -178,6 +179,8 @@ def run(args) -> None:
         from diffusion.loading import load_model
 
         loaded = load_model(args.ckpt, device, use_ema=not args.no_ema)
+        if args.guidance_scale is None:
+            args.guidance_scale = 1.0 if loaded.is_consistency_student else 3.0
         sampler_cfg = sampler_config(args.sampler)
         sampler = loaded.sampler(sampler_cfg, eta=args.eta)
         sampler.levels(args.steps if args.steps is not None else (sampler_cfg or loaded.config.sampler).steps)

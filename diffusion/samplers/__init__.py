@@ -2,9 +2,10 @@
 descending grid of levels, driven by the one loop in `loop.py`. A sampler's `family` says which
 objectives it fits: "discrete" (ddim, ddpm: integer timesteps of a DDPM schedule), "sigma" (euler, heun,
 dpmpp_2m, dpmpp_2m_sde, unipc: any objective with a sigma view) and "flow" (flow_euler, flow_heun: rectified
-flow)."""
+flow); `consistency` samples consistency students on the family of the solver they were distilled with."""
 
 from diffusion.samplers.base import Sampler, SamplerStep
+from diffusion.samplers.consistency import ConsistencySampler
 from diffusion.samplers.ddim import DDIMSampler
 from diffusion.samplers.ddpm import DDPMSampler
 from diffusion.samplers.dpm_solver import DPMPP2MSampler
@@ -19,7 +20,8 @@ from diffusion.samplers.unipc import UniPCSampler
 
 # the sampler a user names (sampler=<name>): the name is the class's own `name`
 SAMPLERS = {cls.name: cls for cls in (DDIMSampler, DDPMSampler, EulerSampler, HeunSampler, DPMPP2MSampler,
-                                      DPMPP2MSDESampler, UniPCSampler, FlowEulerSampler, FlowHeunSampler)}
+                                      DPMPP2MSDESampler, UniPCSampler, FlowEulerSampler, FlowHeunSampler,
+                                      ConsistencySampler)}
 
 
 def samplers_fitting(objective) -> list[str]:
@@ -27,7 +29,7 @@ def samplers_fitting(objective) -> list[str]:
     return [name for name, cls in SAMPLERS.items() if cls.family in objective.sampler_families]
 
 
-__all__ = ["Sampler", "SamplerStep", "DDIMSampler", "DDPMSampler", "EulerSampler", "HeunSampler", "DPMPP2MSampler",
+__all__ = ["Sampler", "SamplerStep", "ConsistencySampler", "DDIMSampler", "DDPMSampler", "EulerSampler", "HeunSampler", "DPMPP2MSampler",
            "DPMPP2MSDESampler", "UniPCSampler", "FlowEulerSampler", "FlowHeunSampler", "SigmaSampler", "TimestepSampler", "StepInfo", "per_image_normal",
            "sample_loop", "start", "SAMPLERS", "samplers_fitting", "SIGMA_SPACINGS", "TIMESTEP_SPACINGS",
            "karras_sigmas", "timestep_grid"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from diffusion.errors import UserError, check_choice
 
-TASKS = ("diffusion", "vae")
+TASKS = ("diffusion", "vae", "distill")
 
 
 def train(cfg) -> Path:
@@ -16,6 +16,13 @@ def train(cfg) -> Path:
     folder (Hydra's rewritten .hydra/overrides.yaml and config.yaml are put back)."""
     try:
         check_choice("task", cfg.task, TASKS)
+        if cfg.get("teacher") and cfg.task != "distill":
+            raise UserError(f"teacher={cfg.teacher} applies to task=distill (a consistency student of that checkpoint); "
+                            f"add task=distill, or drop teacher")
+        if cfg.task == "distill":
+            from diffusion.training.distill import distill_consistency
+
+            return distill_consistency(cfg)
         if cfg.task == "vae":
             from diffusion.training.autoencoder import train_autoencoder
 

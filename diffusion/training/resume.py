@@ -102,6 +102,8 @@ def fits(payload: dict, cfg, kind: str) -> bool:
     except Exception:  # noqa: BLE001 (an unreadable stored config fits nothing)
         return False
     network = "vae" if kind == "vae" else "model"
+    if stored.get("task", "diffusion") != cfg.get("task", "diffusion"):  # a student never continues its teacher's run
+        return False
     return (OmegaConf.select(stored, f"{network}._target_") == OmegaConf.select(cfg, f"{network}._target_")
             and OmegaConf.select(stored, "dataset.resolution") == OmegaConf.select(cfg, "dataset.resolution"))
 
