@@ -75,6 +75,19 @@ def check_sampling_values(cfg) -> None:
     if Path(str(cfg.out_dir)).is_file():
         raise UserError(f"out_dir={cfg.out_dir} is a file; give a folder for the images (nothing was written)")
     check_power_watts(cfg)
+    check_guide_keys(cfg)
+
+
+def check_guide_keys(cfg) -> None:
+    """guidance=auto needs guide_ckpt, and guide_ckpt needs guidance=auto (a key without effect is refused)."""
+    method = (cfg.get("guidance") or {}).get("name", "cfg")
+    if method == "auto" and not cfg.get("guide_ckpt"):
+        raise UserError("guidance=auto guides with a weaker model: give guide_ckpt=<a smaller or earlier checkpoint of "
+                        "the same data and objective>")
+    if cfg.get("guide_ckpt") and method != "auto":
+        raise UserError(f"guide_ckpt={cfg.guide_ckpt} applies to autoguidance: add guidance=auto, or drop guide_ckpt")
+    if method == "auto" and cfg.negative_prompt:
+        raise UserError("negative_prompt has no effect with guidance=auto (both of its halves are conditional); drop it")
 
 
 def class_labels(cfg, model, data: dict, prompts: list[str], by_class_name: bool) -> list[int] | None:
@@ -104,7 +117,7 @@ def class_labels(cfg, model, data: dict, prompts: list[str], by_class_name: bool
 def generate(cfg) -> list[Path]:
     """sample.py: load the checkpoint, draw every prompt `num_images` times, write PNGs and a grid."""
     from diffusion.device import resolve_device
-    from diffusion.loading import load_model
+    from diffusion.loading import load_guide, load_model
 
     if not cfg.get("ckpt"):
         raise UserError("give a checkpoint: python sample.py ckpt=outputs/<date>/<time>/checkpoints/last.ckpt prompt=\"...\"")
@@ -113,6 +126,7 @@ def generate(cfg) -> list[Path]:
     out_dir = Path(cfg.out_dir)
     loaded = load_model(cfg.ckpt, device, use_ema=cfg.use_ema, vae_ckpt=cfg.get("vae_ckpt"))
     model, train_cfg = loaded.model, loaded.config
+    guide = load_guide(cfg.guide_ckpt, loaded, device, cfg.use_ema) if cfg.get("guide_ckpt") else None
     sampler_cfg = cfg.sampler if cfg.get("sampler") else train_cfg.sampler
     sampler = loaded.sampler(sampler_cfg, eta=None if cfg.eta is None else float(cfg.eta))
     steps = cfg.steps if cfg.steps is not None else sampler_cfg.steps
@@ -159,6 +173,7 @@ def generate(cfg) -> list[Path]:
         images.append(generate_images(
             model, sampler, [p for p, _ in batch], [s for _, s in batch], shape=shape, steps=steps,
             guidance_scale=float(cfg.guidance_scale), guidance=guidance, negative_prompt=cfg.negative_prompt or "",
+            guide=None if guide is None else guide.model,
             class_labels=None if labels is None else labels[start: start + cfg.batch_size],
             init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device, tally=tally).cpu())
         if not torch.isfinite(images[-1]).all():
@@ -174,6 +189,7 @@ def generate(cfg) -> list[Path]:
     common = {"ckpt": str(cfg.ckpt), "ckpt_step": int(loaded.payload["step"]), "use_ema": bool(cfg.use_ema),
               "sampler": sampler.name, "sampler_config": repr(sampler), "steps": steps, "eta": getattr(sampler, "eta", None),
               "guidance_scale": float(cfg.guidance_scale), "negative_prompt": cfg.negative_prompt or "",
+              "guidance": (guidance or {}).get("name", "cfg"), "guide_ckpt": str(cfg.guide_ckpt) if guide else None,
               "init_image": str(cfg.init_image) if cfg.init_image else None,
               "strength": strength if cfg.init_image else None, "mask": str(cfg.mask) if cfg.get("mask") else None,
               "class_label": cfg.get("class_label"), "source": loaded.payload.get("source")}
