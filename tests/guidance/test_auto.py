@@ -16,17 +16,11 @@ from diffusion.loading import check_guide
 from diffusion.noise_schedules import NoiseSchedule
 from diffusion.objectives import DDPMObjective, EDMObjective, FlowObjective
 from diffusion.samplers import HeunSampler, sample_loop, start
-from diffusion.testbed import (GaussianMixture, denoiser, exact_network, mean_log_density, sample, sliced_wasserstein,
-                               toy_mixture_2d)
+from diffusion.testbed import (autoguided_denoiser, broadened, exact_network, mean_log_density, sample,
+                               sliced_wasserstein, toy_mixture_2d)
 from tiny import CONF, run_in_process
 
 TOY = toy_mixture_2d()
-
-
-def broadened(mixture: GaussianMixture, s: float) -> GaussianMixture:
-    """The same mixture with every component widened by s^2 I: a model whose only error is blur, of a known size."""
-    wider = mixture.covariances + s**2 * torch.eye(mixture.dim, dtype=torch.float64)
-    return GaussianMixture(mixture.weights, mixture.means, wider, mixture.classes)
 
 
 @pytest.mark.parametrize("objective", [DDPMObjective(NoiseSchedule.from_name("cosine"), prediction_type="v"),
@@ -46,9 +40,8 @@ def test_autoguided_output_denoises_to_eq_2_with_exact_networks(objective):
                                  guide=conditional(guide, cond))(x_in, time)
         pred_x0 = objective.denoise(guided, x_t, t)
         alpha, sigma = alpha_sigma(objective, t)
-        d_main = denoiser(TOY, x_t / alpha, sigma, labels)
-        d_guide = denoiser(guide_mixture, x_t / alpha, sigma, labels)
-        torch.testing.assert_close(pred_x0, d_guide + 2.5 * (d_main - d_guide), rtol=0, atol=1e-8)
+        expected = autoguided_denoiser(TOY, guide_mixture, x_t / alpha, sigma, labels, 2.5)
+        torch.testing.assert_close(pred_x0, expected, rtol=0, atol=1e-8)
 
 
 def alpha_sigma(objective, t):
