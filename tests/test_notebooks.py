@@ -33,6 +33,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch, tiny_checkpoint, quick_p
     monkeypatch.setenv("NOTEBOOK_RESOLUTION", "16")
     monkeypatch.setenv("NOTEBOOK_TESTBED_SAMPLES", "300")  # 07: the exact testbed's samples per method
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(NOTEBOOKS[0].parents[1]))  # the kernel imports this checkout's package
     if not path.stem.startswith("05"):
         monkeypatch.setenv("CKPT", str(tiny_checkpoint))
     else:
