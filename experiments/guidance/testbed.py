@@ -16,7 +16,7 @@ Metrics per seed, each over both classes (half the samples each): sliced Wassers
 of the prompted class from 10 000 true samples of it (averaged over the two classes); mean true log-density log p(x0 | c); class adherence (the share
 of samples whose most likely class under the true mixture is the prompted one); mode coverage (total variation between
 the samples' component responsibilities and the class's component weights). Intervals: mean over seeds +- t_{0.975}
-standard error.
+standard error; the change in distance from the unguided model is paired seed by seed (the same start noises).
 """
 
 from __future__ import annotations
@@ -90,12 +90,13 @@ def main() -> None:
     options = {m: OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "guidance" / f"{m}.yaml")) for m in METHODS}
 
     def draw(network, spec, scale, seed, guide_network=None):
-        """Samples [2 num, 2] for one seed, and the network calls it took (the model's and the guide's)."""
-        calls = [0]
+        """Samples [2 num, 2] for one seed, and the network evaluations per sample (the model's and the guide's; a
+        batched CFG pass over [x; x] is two)."""
+        rows = [0]
 
         def counted(net):
             def network_call(x_in, time_, c=None):
-                calls[0] += 1
+                rows[0] += x_in.shape[0]
                 return net(x_in, time_, c)
             return network_call
 
@@ -103,7 +104,7 @@ def main() -> None:
         x, levels = start(sampler, noise, args.steps)
         guide_fn = None if guide_network is None else conditional(counted(guide_network), cond)
         denoise = guided_denoiser(spec, counted(network), cond, uncond, scale, objective=objective, guide=guide_fn)
-        return sample_loop(sampler, denoise, x, levels), calls[0]
+        return sample_loop(sampler, denoise, x, levels), rows[0] / len(labels)
 
     def true_samples(seed):  # interleaved like `labels`
         g = torch.Generator().manual_seed(100 + seed)
@@ -111,9 +112,12 @@ def main() -> None:
 
     rows = []
 
-    def record(name, scale, runs):  # runs: [(samples, network calls)] over seeds
+    def record(name, scale, runs):  # runs: [(samples, network evaluations per sample)] over seeds
         per_seed = [scores(truth, x, labels, references) for x, _ in runs]
         summary = {key: seed_summary([s[key] for s in per_seed]) for key in per_seed[0]}
+        unguided = next((r for r in rows if r["method"] == "model, unguided"), None)
+        if unguided is not None:  # the same start noises: the change in distance, paired seed by seed
+            summary["sw_change"] = seed_summary([a["sw"] - b["sw"] for a, b in zip(per_seed, unguided["per_seed"])])
         rows.append({"method": name, "scale": scale, "network_calls": runs[0][1], "per_seed": per_seed, **summary})
         print(name, scale, {k: round(v["mean"], 4) for k, v in summary.items()}, f"{time.time() - began:.0f}s", flush=True)
 
@@ -149,14 +153,20 @@ def cell(summary: dict, digits: int, percent: bool = False) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| method | w | network calls | sliced W (x1000) | true log-density | class adherence | coverage TV |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | w | network evaluations / sample | sliced W (x1000) | change from the unguided model, paired (x1000) "
+             "| true log-density | class adherence | coverage TV |", "|---|---|---|---|---|---|---|---|"]
+
+    def thousand(summary):
+        return {k: (v * 1000 if isinstance(v, float) else [u * 1000 for u in v]) if k in ("mean", "t_interval") else v
+                for k, v in summary.items()}
+
     for r in rows:
-        sw = {k: (v * 1000 if isinstance(v, float) else [u * 1000 for u in v]) if k in ("mean", "t_interval") else v
-              for k, v in r["sw"].items()}
+        sw = thousand(r["sw"])
+        change = cell(thousand(r["sw_change"]), 1) if "sw_change" in r else ""
         scale = "" if r["scale"] is None else f"{r['scale']:g}"
-        lines.append(f"| {r['method']} | {scale} | {r['network_calls'] or ''} | "
-                     f"{cell(sw, 1)} | {cell(r['log_density'], 3)} | {cell(r['adherence'], 2, True)}% | "
+        calls = f"{r['network_calls']:g}" if r["network_calls"] else ""
+        lines.append(f"| {r['method']} | {scale} | {calls} | "
+                     f"{cell(sw, 1)} | {change} | {cell(r['log_density'], 3)} | {cell(r['adherence'], 2, True)}% | "
                      f"{cell(r['coverage_tv'], 3)} |")
     return "\n".join(lines)
 
