@@ -1,9 +1,12 @@
 """Every notebook runs headless, top to bottom, on tiny settings (nbclient + the `python3` kernel).
 
-07 (the exact testbed) needs no checkpoint and draws 300 samples per method. Notebooks 02-04 get the shared tiny checkpoint through CKPT (their own training path is the same
-`model_for_notebook` call); 05 trains its own tiny model on 4 images, so the training path runs too.
+Notebooks 02-04 get the shared tiny checkpoint through CKPT (their own training path is the same
+`model_for_notebook` call); 05 trains its own tiny model on 4 images, so the training path runs too;
+06 opens the tiny random Stable Diffusion pipeline the SD tests build (SD_CKPT); 07 (the exact
+testbed) needs no checkpoint and draws 300 samples per method.
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,12 +14,12 @@ import pytest
 nbformat = pytest.importorskip("nbformat", reason="the notebook tests need the dev extra (nbformat, nbclient, ipykernel)")
 NotebookClient = pytest.importorskip("nbclient", reason="the notebook tests need the dev extra").NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_notebooks_are_numbered_and_committed_without_outputs():
-    numbers = [p.stem[:2] for p in NOTEBOOKS]
-    assert numbers[:5] == ["01", "02", "03", "04", "05"] and "07" in numbers and len(set(numbers)) == len(numbers)
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         for cell in notebook.cells:
@@ -25,19 +28,22 @@ def test_notebooks_are_numbered_and_committed_without_outputs():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes(path, tmp_path, monkeypatch, tiny_checkpoint, quick_probe_cache):
+def test_notebook_executes(path, tmp_path, monkeypatch, request):
     monkeypatch.setenv("NOTEBOOK_OUT", str(tmp_path / "figures"))
-    monkeypatch.setenv("DIFFUSION_CACHE", str(quick_probe_cache))  # a quick 16 px probe: the probe branches run
+    # the kernel imports this checkout's package (not another tree the environment was installed from)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("NOTEBOOK_TRAIN_STEPS", "30")
     monkeypatch.setenv("NOTEBOOK_REFERENCE_STEPS", "20")
     monkeypatch.setenv("NOTEBOOK_RESOLUTION", "16")
     monkeypatch.setenv("NOTEBOOK_TESTBED_SAMPLES", "300")  # 07: the exact testbed's samples per method
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("PYTHONPATH", str(NOTEBOOKS[0].parents[1]))  # the kernel imports this checkout's package
-    if not path.stem.startswith("05"):
-        monkeypatch.setenv("CKPT", str(tiny_checkpoint))
-    else:
-        monkeypatch.delenv("CKPT", raising=False)
+    monkeypatch.delenv("CKPT", raising=False)
+    if path.stem.startswith("06"):  # its own model: the tiny SD pipeline (built once, shared with tests/pretrained)
+        monkeypatch.setenv("SD_CKPT", str(request.getfixturevalue("tiny_sd_files")[1]))
+    elif not path.stem.startswith("07"):  # a quick 16 px probe: the probe branches run
+        monkeypatch.setenv("DIFFUSION_CACHE", str(request.getfixturevalue("quick_probe_cache")))
+    if not path.stem.startswith(("05", "06", "07")):
+        monkeypatch.setenv("CKPT", str(request.getfixturevalue("tiny_checkpoint")))
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     figures = list((tmp_path / "figures").rglob("*.png"))
