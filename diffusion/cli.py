@@ -17,7 +17,7 @@ from diffusion.errors import UserError
 
 # keys whose values are free text or file paths, never Hydra expressions
 FREE_TEXT_KEYS = ("prompt", "negative_prompt", "init_image", "ckpt", "out_dir", "resume", "dataset.path",
-                  "paths.data_dir", "prompts_file", "vae.ckpt", "vae_ckpt", "teacher")
+                  "paths.data_dir", "prompts_file", "vae.ckpt", "vae_ckpt", "teacher", "guide_ckpt")
 
 
 # of those, the keys whose values are literal text: `${...}` in a prompt is words, never an interpolation

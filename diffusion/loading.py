@@ -57,3 +57,52 @@ def load_model(path, device="cpu", use_ema: bool = True, vae_ckpt=None, tokenize
     if ours:
         return open_payload(read_export(path), path, device, True, vae_ckpt)
     return open_published(path, device, vae_ckpt, **sd_options)
+
+
+# ---------------------------------------------------------------------------------------------- autoguidance's guide
+
+# objective options that shape only training (the noise levels drawn, the loss weight) or the sampler's range, which
+# comes from the main model: two networks differing in these alone read inputs and mean outputs the same way
+TRAINING_ONLY = ("loss_weighting", "min_snr_gamma", "p_mean", "p_std", "sigma_min", "sigma_max", "time_sampling",
+                 "logit_mean", "logit_std", "shift")
+
+
+def sampling_objective(loaded: LoadedModel) -> dict:
+    """What makes a network's output mean one thing: its objective's options without the training-only ones, and
+    for a DDPM objective the noise schedule it reads timesteps with."""
+    from diffusion.config import objective_node
+
+    node = {key: value for key, value in objective_node(loaded.config).items() if key not in TRAINING_ONLY}
+    if getattr(loaded.objective, "schedule", None) is not None:
+        node["schedule"] = {key: loaded.config.schedule.get(key) for key in ("name", "num_timesteps", "zero_terminal_snr")}
+    return node
+
+
+def check_guide(main: LoadedModel, guide: LoadedModel) -> None:
+    """Autoguidance combines the two networks' outputs step by step: the guide must denoise the same space at the same
+    size, read by the same objective, and take the same kind of condition. One line naming the first difference."""
+    def conditioning(loaded):
+        model = loaded.model
+        return ("text" if model.is_text_conditional else "no text") + (
+            f", {model.num_classes} classes" if model.num_classes is not None else "")
+
+    def space(loaded):
+        reference = loaded.payload.get("autoencoder")
+        return loaded.space.name + (f" of autoencoder {reference['fingerprint']}" if reference else "")
+
+    differences = [("space", space(main), space(guide)),
+                   ("denoised shape (C, H, W)", tuple(main.shape), tuple(guide.shape)),
+                   ("objective", sampling_objective(main), sampling_objective(guide)),
+                   ("conditioning", conditioning(main), conditioning(guide))]
+    for what, mine, its in differences:
+        if mine != its:
+            raise UserError(f"the guide {guide.path} does not fit the model {main.path}: its {what} is {its}, the model's "
+                            f"is {mine}; autoguidance needs a smaller or earlier model of the same data, objective and "
+                            f"conditioning")
+
+
+def load_guide(path, main: LoadedModel, device="cpu", use_ema: bool = True, vae_ckpt=None) -> LoadedModel:
+    """Autoguidance's guide (`guide_ckpt=`), opened like any model and checked against the main one."""
+    guide = load_model(path, device, use_ema, vae_ckpt)
+    check_guide(main, guide)
+    return guide

@@ -17,7 +17,7 @@ from PIL import Image
 
 from diffusion.cost import FlopTally
 from diffusion.errors import UserError
-from diffusion.guidance import guided_denoiser
+from diffusion.guidance import conditional, guided_denoiser
 from diffusion.samplers import Sampler, StepInfo, per_image_normal, sample_loop, start
 
 
@@ -33,6 +33,7 @@ def generate_images(
     guidance_scale: float = 1.0,
     guidance: dict | None = None,  # the method and its options, e.g. {"name": "apg", "eta": 0.0}; None: classifier-free
     negative_prompt: str = "",
+    guide=None,  # autoguidance's guide model (guidance={"name": "auto"}): conditioned here with its own text encoder
     class_labels: list[int] | None = None,
     init: torch.Tensor | None = None,  # [C, H, W] or [N, C, H, W] image (already in model space) for image-to-image
     strength: float = 1.0,
@@ -52,10 +53,13 @@ def generate_images(
     cond = encode(list(prompts) if text_conditional else None, labels, device=device)
     uncond = encode([negative_prompt] * n if text_conditional else None,
                           None if labels is None else torch.full_like(labels, -1), device=device)
+    if guide is not None:  # the same prompts (and labels), through the guide's own encoder
+        guide = conditional(guide, tally.wrap("encode_guide", guide.encode)(
+            list(prompts) if text_conditional else None, labels, device=device))
     variance_half = getattr(sampler.objective, "learned_variance", False)  # guide the prediction, not the variance
     denoise = tally.wrap("denoise", guided_denoiser(guidance, model, cond, uncond, guidance_scale,
                                                    guided_channels=shape[0] if variance_half else None,
-                                                   objective=sampler.objective))
+                                                   objective=sampler.objective, guide=guide))
 
     check_mask_has_init(mask, init)
     noise = per_image_normal(generators, shape, device)  # [N, C, H, W]

@@ -61,6 +61,19 @@ def check_sampling_values(cfg) -> None:
         raise UserError(f"strength={cfg.strength} applies to image-to-image: give init_image=<picture> too, or drop strength")
     if Path(str(cfg.out_dir)).is_file():
         raise UserError(f"out_dir={cfg.out_dir} is a file; give a folder for the images (nothing was written)")
+    check_guide_keys(cfg)
+
+
+def check_guide_keys(cfg) -> None:
+    """guidance=auto needs guide_ckpt, and guide_ckpt needs guidance=auto (a key without effect is refused)."""
+    method = (cfg.get("guidance") or {}).get("name", "cfg")
+    if method == "auto" and not cfg.get("guide_ckpt"):
+        raise UserError("guidance=auto guides with a weaker model: give guide_ckpt=<a smaller or earlier checkpoint of "
+                        "the same data and objective>")
+    if cfg.get("guide_ckpt") and method != "auto":
+        raise UserError(f"guide_ckpt={cfg.guide_ckpt} applies to autoguidance: add guidance=auto, or drop guide_ckpt")
+    if method == "auto" and cfg.negative_prompt:
+        raise UserError("negative_prompt has no effect with guidance=auto (both of its halves are conditional); drop it")
 
 
 def warn_ignored(cfg, loaded, prompts: list[str]) -> None:
@@ -205,7 +218,7 @@ def generate(cfg) -> list[Path]:
     (memory: one batch, and the first GRID_IMAGES for the grid), then the grid. Image i is prompt i // num_images
     with seed (seed + i) mod 2**64."""
     from diffusion.device import resolve_device
-    from diffusion.loading import load_model
+    from diffusion.loading import load_guide, load_model
 
     if not cfg.get("ckpt"):
         raise UserError("give a checkpoint: python sample.py ckpt=outputs/<date>/<time>/checkpoints/last.ckpt prompt=\"...\"")
@@ -222,6 +235,10 @@ def generate(cfg) -> list[Path]:
         return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
     model, train_cfg = loaded.model, loaded.config
+    guide = None
+    if cfg.get("guide_ckpt"):  # autoguidance's guide: checked against the model, then on the model's device and dtype
+        guide = load_guide(cfg.guide_ckpt, loaded, "cpu" if casts_weights(device, dtype) else device, cfg.use_ema)
+        cast_networks(guide, device, dtype)
     sampler_cfg = cfg.sampler if cfg.get("sampler") else train_cfg.sampler
     sampler = loaded.sampler(sampler_cfg, eta=None if cfg.eta is None else float(cfg.eta))
     steps = cfg.steps if cfg.steps is not None else sampler_cfg.steps
@@ -266,6 +283,7 @@ def generate(cfg) -> list[Path]:
     common = {"ckpt": str(cfg.ckpt), "ckpt_step": int(loaded.payload["step"]), "use_ema": bool(cfg.use_ema),
               "sampler": sampler.name, "sampler_config": repr(sampler), "steps": steps, "eta": getattr(sampler, "eta", None),
               "guidance_scale": guidance_scale, "negative_prompt": cfg.negative_prompt or "",
+              "guidance": (guidance or {}).get("name", "cfg"), "guide_ckpt": str(cfg.guide_ckpt) if guide else None,
               "init_image": str(cfg.init_image) if cfg.init_image else None,
               "strength": strength if cfg.init_image else None, "mask": str(cfg.mask) if cfg.get("mask") else None,
               "class_label": cfg.get("class_label"), "source": loaded.payload.get("source"),
@@ -287,7 +305,7 @@ def generate(cfg) -> list[Path]:
                     images = generate_images(
                         model, sampler, batch_prompts, seeds, shape=shape, steps=steps,
                         guidance_scale=guidance_scale, guidance=guidance,
-                        negative_prompt=cfg.negative_prompt or "",
+                        negative_prompt=cfg.negative_prompt or "", guide=None if guide is None else guide.model,
                         class_labels=None if labels is None else [labels[i // cfg.num_images] for i in indices],
                         init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device,
                         tally=tally).float().cpu()

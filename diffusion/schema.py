@@ -102,6 +102,7 @@ class SampleKeys(Keys):
     mask: text("a picture's path")
     class_label: integer("an integer >= 0 (a class index)", optional=True, ge=0)
     vae_ckpt: text("an autoencoder checkpoint path")
+    guide_ckpt: text("a checkpoint path (guidance=auto's guide)")
     height: integer("a whole number of pixels >= 8 (e.g. 512)", optional=True, ge=8) = None
     width: integer("a whole number of pixels >= 8 (e.g. 512)", optional=True, ge=8) = None
     dtype: choice("fp32", "bf16", "fp16") = "fp32"

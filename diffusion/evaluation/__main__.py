@@ -129,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eta", type=float, default=None)
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="the guidance strength (default 3; 1 for a consistency student, whose guidance is distilled in)")
-    parser.add_argument("--guidance", default="cfg", help="the guidance method: cfg | interval | apg | rescale "
+    parser.add_argument("--guidance", default="cfg", help="the guidance method: cfg | interval | apg | rescale | auto "
                         "(diffusion/guidance; defaults of each in conf/guidance/<method>.yaml)")
+    parser.add_argument("--guide-ckpt", default=None, help="--guidance auto: the guide, a smaller or earlier checkpoint "
+                        "of the same data, objective and conditioning")
     parser.add_argument("--guidance-option", action="append", default=[], metavar="KEY=VALUE",
                         help="an option of the guidance method, repeatable, e.g. --guidance apg --guidance-option eta=0.2")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -170,17 +172,21 @@ def run(args) -> None:
         if args.out is not None and args.out.is_file():
             raise UserError(f"--out {args.out} is a file; give a folder")
         spec = guidance_spec(args.guidance, args.guidance_option)
+        if (spec["name"] == "auto") != (args.guide_ckpt is not None):
+            raise UserError("--guidance auto needs --guide-ckpt <a smaller or earlier checkpoint>" if spec["name"] == "auto"
+                            else f"--guide-ckpt applies to autoguidance: add --guidance auto, or drop --guide-ckpt")
         from diffusion.evaluation.score import evaluate, sampler_config
 
         sampler_config(args.sampler)  # a sampler name that does not exist, before any work
         processes, device = init_processes(args.device)
         from diffusion.evaluation.features import make_extractor
-        from diffusion.guidance import guided_denoiser
-        from diffusion.loading import load_model
+        from diffusion.guidance import conditional, guided_denoiser
+        from diffusion.loading import load_guide, load_model
 
         loaded = load_model(args.ckpt, device, use_ema=not args.no_ema)
         if args.guidance_scale is None:
             args.guidance_scale = 1.0 if loaded.is_consistency_student else 3.0
+        guide = load_guide(args.guide_ckpt, loaded, device, use_ema=not args.no_ema) if args.guide_ckpt else None
         sampler_cfg = sampler_config(args.sampler)
         sampler = loaded.sampler(sampler_cfg, eta=args.eta)
         sampler.levels(args.steps if args.steps is not None else (sampler_cfg or loaded.config.sampler).steps)
@@ -188,7 +194,7 @@ def run(args) -> None:
         empty = loaded.model.encode([""] if getattr(loaded.model, "is_text_conditional", True) else None, None,
                                     device=device)  # one empty prompt: the method is built, never called
         guided_denoiser(spec, loaded.model, empty, empty, args.guidance_scale,
-                        objective=sampler.objective)
+                        objective=sampler.objective, guide=None if guide is None else conditional(guide.model, empty))
         extractor = make_extractor(args.extractor, inception_weights=args.inception_weights,
                                    probe_resolution=int(loaded.payload["data"]["resolution"]), device=device)
         from diffusion.evaluation.probe import load_probe
@@ -201,7 +207,8 @@ def run(args) -> None:
                                     eta=args.eta, batch_size=args.batch_size, seed=seed, kid_subsets=args.kid_subsets,
                                     kid_subset_size=args.kid_subset_size, cache_dir=args.cache_dir, device=device,
                                     processes=processes, probe=probe, keep_images=64 if seed == seeds[0] else 0,
-                                    adherence_resamples=args.adherence_resamples, fid_resamples=args.fid_resamples))
+                                    adherence_resamples=args.adherence_resamples, fid_resamples=args.fid_resamples,
+                                    guide=guide))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -82,9 +82,11 @@ def toybirds_reference(extractor, resolution: int, count: int, cache_dir=None, b
 @torch.no_grad()
 def generate(loaded, prompts: list[str], seeds: list[int], *, steps: int | None = None, guidance_scale: float = 3.0,
              sampler_cfg=None, eta: float | None = None, batch_size: int = 64, device="cpu", progress: bool = True,
-             negative_prompt: str = "", on_batch=None, cost: dict | None = None, guidance: dict | None = None):
+             negative_prompt: str = "", on_batch=None, cost: dict | None = None, guidance: dict | None = None,
+             guide=None):
     """Generate one image per (prompt, seed) in batches: yields (indices, images [B, 3, H, W] in [-1, 1] on the CPU).
-    `guidance` is the method and its options ({"name": "apg", "eta": 0.2}; None: classifier-free guidance).
+    `guidance` is the method and its options ({"name": "apg", "eta": 0.2}; None: classifier-free guidance);
+    `guide` autoguidance's guide (a LoadedModel, diffusion.loading.load_guide) with {"name": "auto"}.
     `on_batch(indices, images)` is called too, when given; into `cost`, when given, go the generation's FLOPs,
     images, seconds and joules (summed over batches) and the energy figure's source."""
     sampler = loaded.sampler(sampler_cfg, eta=eta)
@@ -100,7 +102,7 @@ def generate(loaded, prompts: list[str], seeds: list[int], *, steps: int | None 
         images = generate_images(loaded.model, sampler, [prompts[i] for i in indices], [seeds[i] for i in indices],
                                  shape=shape, steps=steps, guidance_scale=guidance_scale, guidance=guidance,
                                  negative_prompt=negative_prompt, decode=loaded.space.decode, device=device,
-                                 tally=tally).cpu()
+                                 tally=tally, guide=None if guide is None else guide.model).cpu()
         if cost is not None:  # .cpu() above waited for the device
             for key, value in (("flops", tally.total), ("images", len(indices)), ("seconds", meter.seconds()),
                                ("energy_j", meter.joules())):
@@ -144,7 +146,7 @@ def evaluate(loaded, extractor, *, num: int = 1000, ref_num: int | None = None, 
              guidance_scale: float = 3.0, sampler_cfg=None, eta: float | None = None, batch_size: int = 64,
              seed: int = 0, kid_subsets: int = 100, kid_subset_size: int = 1000, cache_dir=None, device="cpu",
              processes=None, probe=None, keep_images: int = 64, progress: bool = True, guidance: dict | None = None,
-             adherence_resamples: int = 1000, fid_resamples: int = 200) -> dict | None:
+             adherence_resamples: int = 1000, fid_resamples: int = 200, guide=None) -> dict | None:
     """Generate `num` images and score them (toy-birds checkpoints only). Returns the results on rank 0
     (None on other ranks). `keep_images` of them come back under "images" for a grid.
     Beside each headline a 95% bootstrap interval over the images (diffusion/evaluation/intervals.py):
@@ -174,7 +176,7 @@ def evaluate(loaded, extractor, *, num: int = 1000, ref_num: int | None = None, 
     for indices, images in generate(loaded, [prompts[i] for i in mine], [seeds[i] for i in mine], steps=steps,
                                     guidance_scale=guidance_scale, sampler_cfg=sampler_cfg, eta=eta,
                                     batch_size=batch_size, device=device, progress=progress and processes.is_main,
-                                    cost=cost, guidance=guidance):
+                                    cost=cost, guidance=guidance, guide=guide):
         features, readings = extractor(images), predict(probe, images)
         for k, i in enumerate(indices):
             rows.append((mine[i], features[k], readings[k], images[k] if mine[i] < keep_images else None))
@@ -208,6 +210,7 @@ def evaluate(loaded, extractor, *, num: int = 1000, ref_num: int | None = None, 
         "extractor": extractor.name, "num_images": num, "ref_num": ref_num, "processes": processes.world_size,
         "sampler": sampler_cfg.get("_target_", "?").rsplit(".", 1)[-1], "steps": int(steps or sampler_cfg.steps),
         "guidance_scale": guidance_scale, "guidance": dict(guidance or {"name": "cfg"}), "seed": seed,
+        "guide_ckpt": None if guide is None else str(guide.path),
         "bootstrap": {"level": 0.95, "adherence_resamples": adherence_resamples, "fid_resamples": fid_resamples,
                       "fid": "recentred by the resampling bias", "seed": seed}, "generation_seconds": round(seconds, 2),
         "ckpt_step": int(loaded.payload.get("step", -1)), "cost_per_image": cost_per_image,

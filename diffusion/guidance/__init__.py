@@ -3,10 +3,13 @@
 - `cfg`: classifier-free guidance (Ho & Salimans 2021), today's default;
 - `interval`: CFG only inside a sigma band, one conditional pass outside it (Kynkäänniemi et al. 2024);
 - `apg`: adaptive projected guidance (Sadat et al. 2024);
-- `rescale`: CFG rescale (Lin et al. 2024).
+- `rescale`: CFG rescale (Lin et al. 2024);
+- `auto`: autoguidance (Karras et al. 2024): the main model guided by a weaker one of itself, both conditional.
 
 Chosen with the `guidance` config group (`python sample.py ... guidance=apg guidance.eta=0`); `guided_denoiser`
-builds the one a spec names (the config node as a dict: `name` and the method's options).
+builds the one a spec names (the config node as a dict: `name` and the method's options); autoguidance's guide
+model is loaded and checked by the caller (`sample.py guide_ckpt=`, diffusion/loading.py `load_guide`) and given
+as `guide`, already conditioned on the prompts.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import inspect
 
 from diffusion.errors import UserError, check_choice
 from diffusion.guidance.apg import adaptive_projected_guidance
+from diffusion.guidance.auto import autoguidance
 from diffusion.guidance.cfg import Denoiser, classifier_free_guidance, conditional
 from diffusion.guidance.interval import guidance_interval
 from diffusion.guidance.rescale import cfg_rescale
 
 METHODS = {"cfg": classifier_free_guidance, "interval": guidance_interval, "apg": adaptive_projected_guidance,
-           "rescale": cfg_rescale}
-GIVEN = ("model", "cond", "uncond", "scale", "guided_channels", "objective")  # filled in by the caller, not options
+           "rescale": cfg_rescale, "auto": autoguidance}
+GIVEN = ("model", "cond", "uncond", "scale", "guided_channels", "objective", "guide")  # filled in by the caller
 
 
 def options_of(name: str) -> list[str]:
@@ -29,8 +33,9 @@ def options_of(name: str) -> list[str]:
 
 
 def guided_denoiser(spec, model, cond, uncond, scale: float, guided_channels: int | None = None,
-                    objective=None) -> Denoiser:
-    """The denoiser a spec names: None is classifier-free guidance; {"name": "apg", "eta": 0.0, ...} another."""
+                    objective=None, guide: Denoiser | None = None) -> Denoiser:
+    """The denoiser a spec names: None is classifier-free guidance; {"name": "apg", "eta": 0.0, ...} another.
+    `guide`: autoguidance's guide, conditioned ((x_t, t) -> its raw output); only guidance=auto takes one."""
     options = dict(spec or {})
     name = options.pop("name", "cfg")
     check_choice("guidance method (guidance=)", name, METHODS)
@@ -40,8 +45,12 @@ def guided_denoiser(spec, model, cond, uncond, scale: float, guided_channels: in
     method = METHODS[name]
     if "objective" in inspect.signature(method).parameters:
         options["objective"] = objective
+    if "guide" in inspect.signature(method).parameters:
+        options["guide"] = guide
+    elif guide is not None:
+        raise UserError(f"a guide model (guide_ckpt) applies to autoguidance only: use guidance=auto, or drop guide_ckpt")
     return method(model, cond, uncond, scale, guided_channels, **options)
 
 
-__all__ = ["METHODS", "Denoiser", "adaptive_projected_guidance", "cfg_rescale", "classifier_free_guidance",
+__all__ = ["METHODS", "Denoiser", "adaptive_projected_guidance", "autoguidance", "cfg_rescale", "classifier_free_guidance",
            "conditional", "guidance_interval", "guided_denoiser"]

@@ -15,8 +15,9 @@ D_c and the classifier-free-guided D_u + w (D_c - D_u) (Ho & Salimans 2021) are 
 classes of thin branching ridges after the toy example of Karras et al. 2024 ("Guiding a diffusion model with a
 bad version of itself", Fig. 1). All of it is float64 and batch-first: x [B, d], sigma a float or [B].
 
-    mixture.py        GaussianMixture; log_density, score, posterior_weights, denoiser, guided_denoiser, sample
-    toy.py            toy_mixture_2d(), random_mixture(dim, ...)
+    mixture.py        GaussianMixture; log_density, score, posterior_weights, denoiser, guided_denoiser,
+                      autoguided_denoiser (D_0 + w (D_1 - D_0), Karras et al. 2024), sample
+    toy.py            toy_mixture_2d(), random_mixture(dim, ...), broadened(mixture, s): a blurred copy (a known error)
     exact_network.py  exact_network(mixture, objective): the network a ddpm (epsilon | v | x0), edm or flow objective
                       turns into the exact D through its own `denoise`, so solvers and guidance run on it unchanged
     metrics.py        sliced_wasserstein, mean_log_density, mode_coverage (against the truth)
@@ -38,15 +39,15 @@ This package imports only diffusion.objectives and diffusion.errors (and scipy f
 
 from diffusion.testbed.exact_network import class_labels_of, ddpm_alpha_bar, exact_network, sigma_view_denoiser
 from diffusion.testbed.metrics import ModeCoverage, mean_log_density, mode_coverage, random_directions, sliced_wasserstein
-from diffusion.testbed.mixture import (GaussianMixture, denoiser, guided_denoiser, log_density, posterior_weights, sample,
-                                       score)
+from diffusion.testbed.mixture import (GaussianMixture, autoguided_denoiser, denoiser, guided_denoiser, log_density,
+                                       posterior_weights, sample, score)
 from diffusion.testbed.ode import exact_ode_solution, gaussian_flow, ode_endpoint_error, probability_flow_endpoint
 from diffusion.testbed.plot import plot_fields
-from diffusion.testbed.toy import random_mixture, toy_mixture_2d
+from diffusion.testbed.toy import broadened, random_mixture, toy_mixture_2d
 
 __all__ = [
-    "GaussianMixture", "log_density", "score", "posterior_weights", "denoiser", "guided_denoiser", "sample",
-    "toy_mixture_2d", "random_mixture",
+    "GaussianMixture", "log_density", "score", "posterior_weights", "denoiser", "guided_denoiser", "autoguided_denoiser",
+    "sample", "toy_mixture_2d", "random_mixture", "broadened",
     "exact_network", "class_labels_of", "ddpm_alpha_bar", "sigma_view_denoiser",
     "sliced_wasserstein", "random_directions", "mean_log_density", "mode_coverage", "ModeCoverage",
     "exact_ode_solution", "probability_flow_endpoint", "gaussian_flow", "ode_endpoint_error",

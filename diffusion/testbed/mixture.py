@@ -153,6 +153,16 @@ def guided_denoiser(mixture: GaussianMixture, x: torch.Tensor, sigma, class_labe
     return torch.lerp(denoiser(mixture, x, sigma, None), D_cond, guidance_scale)
 
 
+def autoguided_denoiser(mixture: GaussianMixture, guide: GaussianMixture, x: torch.Tensor, sigma, class_labels,
+                        guidance_scale: float) -> torch.Tensor:
+    """Autoguidance with exact halves (Karras et al. 2024, eq. 2): D_0 + w (D_1 - D_0), D_1 of `mixture` and D_0 of
+    `guide`, both conditional; w = 1 is D_1."""
+    D_main = denoiser(mixture, x, sigma, class_labels)
+    if guidance_scale == 1.0:
+        return D_main
+    return torch.lerp(denoiser(guide, x, sigma, class_labels), D_main, guidance_scale)
+
+
 def sample(mixture: GaussianMixture, n: int, generator: torch.Generator, class_labels=None, sigma=0.0) -> torch.Tensor:
     """n draws of x = x0 + sigma eps with x0 ~ p(x0) (or p(x0 | c)): [n, d]."""
     labels = None if class_labels is None else torch.as_tensor(class_labels).long().reshape(-1).expand(n)

@@ -71,3 +71,12 @@ def random_mixture(dim: int, num_components: int = 8, num_classes: int = 2, seed
     covariances = (covariances + covariances.transpose(1, 2)) / 2  # exactly symmetric
     weights = 0.5 + torch.rand(num_components, generator=g, dtype=torch.float64)
     return GaussianMixture(weights, means, covariances, torch.arange(num_components) % num_classes)
+
+
+def broadened(mixture: GaussianMixture, s: float) -> GaussianMixture:
+    """The same mixture with every component widened, C_k + s^2 I: a model whose only error is blur of a known size
+    (a weaker model of the data: autoguidance's guide, or a main model that has not learnt the ridges' width)."""
+    if not s >= 0:
+        raise UserError(f"broadened needs s >= 0, got {s}")
+    wider = mixture.covariances + s**2 * torch.eye(mixture.dim, dtype=torch.float64)
+    return GaussianMixture(mixture.weights, mixture.means, wider, mixture.classes)

@@ -146,7 +146,8 @@ def test_variance_channels_come_from_the_conditional_pass():
     ({"name": "apg", "beta": 1.0}, "beta must be a number in (-1, 1)"),
     ({"name": "rescale", "phi": 1.5}, "phi must be a number in [0, 1]"),
     ({"name": "rescale", "eta": 0.0}, "has no option 'eta'"),
-    ({"name": "auto"}, "unknown guidance method"),
+    ({"name": "pag"}, "unknown guidance method"),
+    ({"name": "auto"}, "give guide_ckpt="),  # autoguidance without its guide model
 ])
 def test_a_bad_option_is_one_clear_line(spec, fragment):
     u, c = random_pair()
