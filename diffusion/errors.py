@@ -6,6 +6,8 @@ entry points (`train.py`, `sample.py`, `python -m diffusion.data...`) print it a
 a bug and keeps its traceback.
 """
 
+import contextlib
+
 
 class UserError(ValueError):
     """A bad path, value, file or override: one line, no traceback."""
@@ -38,3 +40,18 @@ def write_error(error: BaseException, path) -> UserError | None:
             return UserError(f"cannot write {path}: {os.strerror(error.errno)}")
         error = error.__cause__ or error.__context__
     return None
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Around a write to `path`: a full disk, a read-only folder or a missing permission becomes one line naming the
+    path (`write_error`); any other failure is left as it is."""
+    try:
+        yield
+    except UserError:
+        raise
+    except BaseException as error:
+        failed = write_error(error, path)
+        if failed is not None:
+            raise failed from None
+        raise

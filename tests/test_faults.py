@@ -104,3 +104,21 @@ def test_keys_without_effect_on_an_unconditional_model_are_warned(capsys):
     cfg.guidance_scale, cfg.guidance.name, cfg.negative_prompt = 1.0, "cfg", ""
     warn_ignored(cfg, unconditional, [""])
     assert capsys.readouterr().err == ""  # nothing set that has no effect: nothing said
+
+
+def test_a_full_disk_while_metrics_or_a_cost_chart_is_written_is_one_line(model, tmp_path, monkeypatch):
+    from diffusion.evaluation import cost
+    from diffusion.training.logging import MetricsLogger
+
+    logger = MetricsLogger.__new__(MetricsLogger)
+    logger.enabled, logger.path, logger.wandb_run = True, tmp_path / "metrics.jsonl", None
+    monkeypatch.setattr("builtins.open", disk_full)
+    with pytest.raises(UserError, match=r"^cannot write .*metrics.jsonl: No space left on device$"):
+        logger.log(1, {"loss": 0.5})
+    monkeypatch.undo()
+
+    monkeypatch.setattr(cost, "chart", disk_full)
+    chart_path = tmp_path / "cost.png"
+    with pytest.raises(SystemExit) as stopped:
+        cost.main([str(model.parent.parent), "--chart", str(chart_path)])
+    assert stopped.value.code == 2 and not chart_path.exists()

@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> None:
     """Evaluate as `args` say: every argument is checked first, then the model loads, then the probe, then the images."""
 
-    from diffusion.errors import UserError
+    from diffusion.errors import UserError, writing
     from diffusion.training.runtime import close_processes, init_processes
 
     processes, results = None, []
@@ -244,7 +244,8 @@ def run(args) -> None:
         if result["images"] is not None and len(result["images"]):
             save_png(image_grid(result["images"]), args.out / "evaluation_grid.png", {"prompts": result["prompts"]})
         plain = {k: v for k, v in result.items() if k not in ("images",)}
-        (args.out / "evaluation.json").write_text(json.dumps(plain, indent=1) + "\n")
+        with writing(args.out / "evaluation.json"):
+            (args.out / "evaluation.json").write_text(json.dumps(plain, indent=1) + "\n")
         print(f"wrote {args.out / 'evaluation.json'}")
 
 

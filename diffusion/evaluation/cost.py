@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from diffusion.cost import energy_words, si
-from diffusion.errors import UserError
+from diffusion.errors import UserError, writing
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -164,15 +164,17 @@ def main(argv=None) -> None:
             if path is not None and path.exists() and not args.overwrite:
                 raise UserError(f"{path} already exists; add --overwrite to replace it, or give another name "
                                 f"(nothing was written)")
+        print(table(rows))
+        with writing(args.chart):
+            chart(rows, args.chart)
+        print(f"wrote {args.chart}")
+        if args.json:
+            with writing(args.json):
+                args.json.write_text(json.dumps(rows, indent=1) + "\n")
+            print(f"wrote {args.json}")
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(table(rows))
-    chart(rows, args.chart)
-    print(f"wrote {args.chart}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
-        print(f"wrote {args.json}")
 
 if __name__ == "__main__":
     main()

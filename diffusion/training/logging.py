@@ -9,6 +9,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from diffusion.errors import writing
+
 
 class MetricsLogger:
     """One JSON object per log step in `<run>/metrics.jsonl`; the same values to wandb when enabled."""
@@ -34,14 +36,15 @@ class MetricsLogger:
             except json.JSONDecodeError:
                 continue
         temporary = self.path.with_name(f".{self.path.name}.tmp")
-        temporary.write_text("".join(line + "\n" for line in kept))
+        with writing(self.path):
+            temporary.write_text("".join(line + "\n" for line in kept))
         os.replace(temporary, self.path)
 
     def log(self, step: int, values: dict) -> None:
         if not self.enabled:
             return
         record = {"step": step, "time": round(time.time(), 3), **values}
-        with open(self.path, "a") as file:
+        with writing(self.path), open(self.path, "a") as file:
             file.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
             self.wandb_run.log(values, step=step)
