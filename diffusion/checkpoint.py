@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.errors import UserError
+from diffusion.errors import UserError, write_error
 
 FORMAT_VERSION = 1
 CHECKSUMMED = ("model", "ema")  # the weights' fields; a checkpoint from before checksums has none and is accepted
@@ -106,8 +106,12 @@ def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        failed = write_error(error, path)
+        if failed is not None:
+            kept = f"; {path.name} is unchanged" if path.exists() else ""
+            raise UserError(f"{failed}{kept} (free some space; a training run then continues with resume=auto)") from None
         raise
     directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
     try:

@@ -20,20 +20,34 @@ FREE_TEXT_KEYS = ("prompt", "negative_prompt", "init_image", "ckpt", "out_dir", 
                   "paths.data_dir", "prompts_file", "vae.ckpt", "vae_ckpt")
 
 
-def quote_for_hydra(value: str) -> str:
-    """Wrap a free-text value in single quotes, escaping what Hydra's quoted strings treat specially."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+# of those, the keys whose values are literal text: `${...}` in a prompt is words, never an interpolation
+LITERAL_TEXT_KEYS = ("prompt", "negative_prompt")
+
+
+def quote_for_hydra(value: str, literal: bool = False) -> str:
+    """Wrap a free-text value in single quotes for Hydra's grammar: quotes escaped, and backslashes only where they
+    precede a quote or end the text (elsewhere Hydra keeps them as typed); with `literal`, `${` escaped too, so
+    OmegaConf reads it as text."""
+    value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value).replace("'", "\\'")
+    return "'" + (escape_interpolation(value) if literal else value) + "'"
+
+
+def escape_interpolation(value: str) -> str:
+    return value.replace("${", "\\${")
 
 
 def quote_free_text(argv: list[str]) -> list[str]:
-    """`prompt=a red bird, facing left` -> `prompt='a red bird, facing left'` (lists `[...]` and values
-    the user already quoted are left alone)."""
+    """`prompt=a red bird, facing left` -> `prompt='a red bird, facing left'` (lists `[...]` and values the user
+    already quoted are left alone, but for the `${` of literal text; a path may hold an interpolation)."""
     quoted = []
     for arg in argv:
         key, sep, value = arg.partition("=")
         bare_key = key.lstrip("+~")
-        if sep and bare_key in FREE_TEXT_KEYS and value and value[0] not in "'\"[" and not value.startswith("${"):
-            arg = f"{key}={quote_for_hydra(value)}"
+        literal = bare_key in LITERAL_TEXT_KEYS
+        if sep and bare_key in FREE_TEXT_KEYS and value and value[0] not in "'\"[" and (literal or not value.startswith("${")):
+            arg = f"{key}={quote_for_hydra(value, literal)}"
+        elif sep and literal:
+            arg = f"{key}={escape_interpolation(value)}"
         quoted.append(arg)
     return quoted
 

@@ -168,8 +168,11 @@ class LoadedModel:
         return objective_for(self.config)
 
     def sampler(self, sampler_cfg=None, eta=None):
-        """The checkpoint's own sampler, or `sampler_cfg` (e.g. from `sample.py sampler=ddpm`)."""
-        return build_sampler(sampler_cfg or self.config.sampler, self.objective, bounded=self.space.bounded, eta=eta)
+        """The checkpoint's own sampler, or `sampler_cfg` (e.g. from `sample.py sampler=ddpm`); image-to-image
+        counts its steps from strength as the model's config says (`strength_rounding`, any sampler)."""
+        sampler = build_sampler(sampler_cfg or self.config.sampler, self.objective, bounded=self.space.bounded, eta=eta)
+        sampler.strength_rounding = self.config.get("strength_rounding", sampler.strength_rounding)
+        return sampler
 
 
 def legacy_keys(state_dict: dict) -> dict:

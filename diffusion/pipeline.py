@@ -45,7 +45,7 @@ def generate_images(
     """Images [N, 3, H, W] in [-1, 1] for one batch. Every image depends on its seed only."""
     n = len(prompts)
     tally = tally if tally is not None else FlopTally(enabled=False)
-    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    generators = [torch.Generator().manual_seed(int(seed) % 2**64) for seed in seeds]  # seed + i may pass 2**64
     labels = None if class_labels is None else torch.as_tensor(class_labels)
     text_conditional = getattr(model, "is_text_conditional", True)
     encode = tally.wrap("encode", model.encode)
@@ -76,8 +76,9 @@ def check_mask_has_init(mask, init) -> None:
         raise UserError("a mask needs the image it masks: give init_image=<picture> with mask=<mask>")
 
 
-def load_init_image(path, resolution: int) -> torch.Tensor:
-    """Any common image file -> [3, R, R] in [-1, 1] (centre square, resized; RGBA on white, gray/palette/CMYK converted)."""
+def load_init_image(path, resolution: int | tuple[int, int]) -> torch.Tensor:
+    """Any common image file -> [3, R, R] (or [3, height, width] for resolution=(height, width)) in [-1, 1]: the
+    largest centred box of that shape, resized; RGBA on white, gray/palette/CMYK converted."""
     from diffusion.data.images import BadImageError, decode_image, refuse_decompression_bombs, uint8_to_model
 
     path = Path(path)
@@ -90,11 +91,11 @@ def load_init_image(path, resolution: int) -> torch.Tensor:
         raise UserError(f"init_image {path} is not a readable image ({error}); give a PNG or JPEG file") from None
 
 
-def load_mask(path, resolution: int, space) -> torch.Tensor:
+def load_mask(path, resolution: int | tuple[int, int], space, grid: tuple[int, int] | None = None) -> torch.Tensor:
     """A mask picture -> [1, h, w] in the model's space: 1 where it is white (repaint), 0 where black (keep).
-    It must have the init image's size after the same centre-square resize, i.e. any size with the
-    init image's shape; in latent space it is taken down to the latent grid (a latent cell is repainted
-    when any of its pixels is)."""
+    It is cropped and resized as the init image is (`resolution`: a side or (height, width)), so it must have the
+    init image's size; in latent space it is taken down to the latent grid (a latent cell is repainted when any
+    of its pixels is)."""
     from diffusion.data.images import BadImageError, decode_image, refuse_decompression_bombs
 
     path = Path(path)
@@ -102,11 +103,11 @@ def load_mask(path, resolution: int, space) -> torch.Tensor:
         raise UserError(f"mask not found: {path}")
     try:
         with refuse_decompression_bombs():
-            pixels = decode_image(path, resolution)  # [3, R, R] uint8
+            pixels = decode_image(path, resolution)  # [3, H, W] uint8
     except BadImageError as error:
         raise UserError(f"mask {path} is not a readable image ({error}); give a black-and-white PNG") from None
-    mask = (pixels.float().mean(dim=0, keepdim=True) / 255 > 0.5).float()  # [1, R, R]
-    height, width = space.info["shape"][1:]
+    mask = (pixels.float().mean(dim=0, keepdim=True) / 255 > 0.5).float()  # [1, H, W]
+    height, width = grid or space.info["shape"][1:]  # grid: the (h, w) sampled, when not the space's native one
     if (height, width) != tuple(mask.shape[1:]):
         mask = torch.nn.functional.adaptive_max_pool2d(mask[None], (height, width))[0]
     return mask

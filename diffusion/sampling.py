@@ -9,25 +9,30 @@ checkpoint, prompts, init image and mask, check every value, draw in batches, wr
 
 from __future__ import annotations
 
-import math
+import contextlib
+import signal
+import sys
+import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from diffusion.cost import EnergyMeter, FlopTally, check_power_watts, energy_words, si
+from diffusion.cost import EnergyMeter, FlopTally, energy_words, si
 from diffusion.data.images import image_grid, save_png, to_pil
-from diffusion.errors import UserError
+from diffusion.errors import UserError, warn
 from diffusion.pipeline import check_mask_size, generate_images, load_init_image, load_mask
+from diffusion.schema import SEED_RANGE, SampleKeys, validate, values_of, write_back
 
 
-def cost_line(costs: list[dict]) -> str:
-    """The mean cost of one image, in words."""
-    n = len(costs)
-    flops, seconds, joules = (sum(c[key] for c in costs) / n for key in ("flops", "seconds", "energy_j"))
-    return (f"cost per image: {si(flops, 'FLOP')} ({costs[0]['network_calls']} network calls), {seconds:.3g} s, "
-            f"{energy_words(joules)} {costs[0]['energy_source']}")
+def cost_line(totals: dict, images: int) -> str:
+    """The mean cost of one image, in words (`totals`: summed FLOPs, seconds and joules, the last batch's source)."""
+    flops, seconds, joules = (totals[key] / images for key in ("flops", "seconds", "energy_j"))
+    return (f"cost per image: {si(flops, 'FLOP')} ({totals['network_calls']} network calls), {seconds:.3g} s, "
+            f"{energy_words(joules)} {totals['energy_source']}")
 
 
 def read_prompts(cfg) -> list[str]:
@@ -43,42 +48,44 @@ def read_prompts(cfg) -> list[str]:
     return prompts
 
 
-MAX_SEED = 2**63 - 2**32  # image i gets seed + i; torch's generators take seeds below 2**63 here, with room for i
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_sampling_values(cfg) -> None:
-    """Every value sample.py reads, before any work: one line naming the key, the value and what is allowed."""
-    checks = [
-        ("num_images", cfg.num_images, is_int(cfg.num_images) and cfg.num_images >= 1, "an integer >= 1"),
-        ("batch_size", cfg.batch_size, is_int(cfg.batch_size) and cfg.batch_size >= 1, "an integer >= 1"),
-        ("seed", cfg.seed, is_int(cfg.seed) and 0 <= cfg.seed < MAX_SEED, f"an integer in [0, {MAX_SEED})"),
-        ("guidance_scale", cfg.guidance_scale, is_number(cfg.guidance_scale) and 0 <= cfg.guidance_scale <= 100,
-         "a number in [0, 100] (1 = no guidance, 3-7 typical)"),
-        ("eta", cfg.eta, cfg.eta is None or (is_number(cfg.eta) and 0 <= cfg.eta <= 1), "a number in [0, 1]"),
-        ("strength", cfg.strength, cfg.strength is None or (is_number(cfg.strength) and 0 < cfg.strength <= 1),
-         "a number in (0, 1]"),
-        ("use_ema", cfg.use_ema, isinstance(cfg.use_ema, bool), "true or false"),
-    ]
-    for name, value, ok, allowed in checks:
-        if not ok:
-            raise UserError(f"{name}={value!r} is out of range: use {allowed}")
+    """Every value sample.py reads, before any work (the schema: diffusion/schema.py SampleKeys), then the checks
+    that join two keys. The checked values replace the typed ones in `cfg` (`use_ema=no` -> false)."""
+    keys = validate(SampleKeys, values_of(cfg, SampleKeys))
+    write_back(cfg, keys, skip=("prompt", "negative_prompt"))
     if cfg.strength is not None and not cfg.get("init_image"):
         raise UserError(f"strength={cfg.strength} applies to image-to-image: give init_image=<picture> too, or drop strength")
     if Path(str(cfg.out_dir)).is_file():
         raise UserError(f"out_dir={cfg.out_dir} is a file; give a folder for the images (nothing was written)")
-    check_power_watts(cfg)
+
+
+def warn_ignored(cfg, loaded, prompts: list[str]) -> None:
+    """A key that has no effect on this model is named in one line, never silently dropped."""
+    model = loaded.model
+    conditional = model.is_text_conditional or model.num_classes is not None
+    if not conditional and float(cfg.guidance_scale) != 1.0:
+        warn(f"guidance_scale={cfg.guidance_scale} has no effect: this model is unconditional (nothing to guide towards)")
+    if not conditional and cfg.get("guidance") and cfg.guidance.get("name", "cfg") != "cfg":
+        warn(f"guidance={cfg.guidance.name} has no effect: this model is unconditional")
+    if not conditional and any(prompts):
+        warn("prompt has no effect: this model is unconditional (it was trained without captions or classes)")
+    if cfg.negative_prompt and not model.is_text_conditional:
+        warn(f"negative_prompt={cfg.negative_prompt!r} has no effect: this model reads no text")
+    if cfg.get("vae_ckpt") and loaded.payload.get("autoencoder") is None:
+        warn(f"vae_ckpt={cfg.vae_ckpt} has no effect: this model denoises pixels (it has no autoencoder)")
+    tokenizer = getattr(model.text, "tokenizer", None) if model.is_text_conditional else None
+    if hasattr(tokenizer, "unknown_words"):  # the scratch word tokenizer: words outside its training captions
+        unknown = list(dict.fromkeys(w for p in [*prompts, cfg.negative_prompt or ""] for w in tokenizer.unknown_words(p)))
+        if unknown:
+            warn(f"the text encoder never saw these prompt words and reads each as <unknown>: {', '.join(unknown[:20])}"
+                 + (f" (and {len(unknown) - 20} more)" if len(unknown) > 20 else ""))
 
 
 def class_labels(cfg, model, data: dict, prompts: list[str], by_class_name: bool) -> list[int] | None:
-    """One label per image: `class_label=`, or each prompt read as a class name (a class-conditional model
+    """One label per prompt: `class_label=`, or each prompt read as a class name (a class-conditional model
     without a text encoder, e.g. DiT: prompt="golden retriever")."""
     from diffusion.data.classes import class_index, class_names_for
 
@@ -101,8 +108,101 @@ def class_labels(cfg, model, data: dict, prompts: list[str], by_class_name: bool
     return [label] * len(prompts)
 
 
+GRID_IMAGES = 64  # grid.png shows the first images (a big job's images are written one by one, never all kept)
+
+
+def image_name(i: int, seed: int) -> str:
+    return f"{i:04d}_seed{seed}.png"
+
+
+def first_clash(out_dir: Path, total: int, seed: int) -> Path | None:
+    """An existing file this job would write over: grid.png, or image i's name for some i < total (read off the
+    folder's listing, so a job of 10**8 images is checked at once)."""
+    if (out_dir / "grid.png").exists():
+        return out_dir / "grid.png"
+    if not out_dir.is_dir():
+        return None
+    for existing in out_dir.iterdir():
+        index = existing.name.split("_seed", 1)[0]
+        if index.isdigit() and int(index) < total and existing.name == image_name(int(index), (seed + int(index)) % SEED_RANGE):
+            return existing
+    return None
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler's stop) ends the job the way Ctrl-C does: what was written is kept and counted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def sampled_size(cfg, loaded) -> tuple[tuple[int, int, int], int, int]:
+    """(the shape sampled, image height, image width): the model's native square, or `height` x `width` for
+    models that take sizes (SD: multiples of 64, the autoencoder's 8x times the UNet's 8x downsampling)."""
+    shape, resolution = tuple(loaded.payload["data"]["shape"]), int(loaded.payload["data"]["resolution"])
+    height, width = cfg.get("height"), cfg.get("width")
+    if height is None and width is None:
+        return shape, resolution, resolution
+    multiple = loaded.payload["data"].get("sizes")
+    if multiple is None:
+        given = "height" if height is not None else "width"
+        raise UserError(f"{given}={cfg.get(given)}: this model draws {resolution}x{resolution} only; height= / width= "
+                        f"apply to models that take sizes (Stable Diffusion)")
+    height, width = height or resolution, width or resolution
+    for key, value in (("height", height), ("width", width)):
+        if value % multiple:
+            raise UserError(f"{key}={value} is not a multiple of {multiple}: this model's images are multiples of "
+                            f"{multiple} pixels (e.g. {resolution})")
+    factor = resolution // shape[1]  # image pixels per latent (or pixel) cell
+    return (shape[0], height // factor, width // factor), height, width
+
+
+def casts_weights(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `dtype=` casts the weights, not only the arithmetic: on CUDA, yes (bf16 / fp16 halve the memory: SD
+    1.5's 1.07 B parameters take 2.1 GB, not 4.3); on the CPU, no (its half-precision kernels are few and slow, so
+    the weights stay float32 and autocast alone runs the matrix products in `dtype`)."""
+    return device.type == "cuda" and dtype != torch.float32
+
+
+def cast_networks(loaded, device: torch.device, dtype: torch.dtype, cast: bool | None = None) -> bool:
+    """Move the denoiser, the text encoder and the autoencoder to `device`, their weights cast to `dtype` where
+    `casts_weights` says (`cast=` forces it either way: the tests cast on the CPU). The autoencoder is cast too and
+    decodes in `dtype`, as diffusers' StableDiffusionPipeline(torch_dtype=float16) does: only its SDXL pipelines
+    read the VAE's `force_upcast` and decode in float32. Autocast still wraps every call (`generate`), so the
+    sampler's float32 x_t meets half-precision weights. Returns whether the weights were cast."""
+    cast = casts_weights(device, dtype) if cast is None else cast
+    networks = [loaded.model] + ([loaded.space.autoencoder] if hasattr(loaded.space, "autoencoder") else [])
+    for network in networks:  # .to(device, dtype) tensor by tensor: the device never holds the float32 copy
+        network.to(device=device, dtype=dtype if cast else None)
+    return cast
+
+
+def warn_truncated(model, prompts: list[str]) -> None:
+    """One line per prompt the text encoder cuts (CLIP: past 77 tokens), naming the words dropped."""
+    tokenizer = getattr(model.text, "tokenizer", None) if model.is_text_conditional else None
+    if not hasattr(tokenizer, "dropped"):
+        return
+    for prompt in dict.fromkeys(prompts):
+        dropped = tokenizer.dropped(prompt)
+        if dropped:
+            print(f"warning: prompt {prompt[:40]!r}... is longer than the text encoder's {tokenizer.max_length} "
+                  f"tokens; dropped: {dropped!r}", file=sys.stderr)
+
+
 def generate(cfg) -> list[Path]:
-    """sample.py: load the checkpoint, draw every prompt `num_images` times, write PNGs and a grid."""
+    """sample.py: load the checkpoint, draw every prompt `num_images` times, write each batch's PNGs as it finishes
+    (memory: one batch, and the first GRID_IMAGES for the grid), then the grid. Image i is prompt i // num_images
+    with seed (seed + i) mod 2**64."""
     from diffusion.device import resolve_device
     from diffusion.loading import load_model
 
@@ -111,7 +211,15 @@ def generate(cfg) -> list[Path]:
     check_sampling_values(cfg)
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.out_dir)
-    loaded = load_model(cfg.ckpt, device, use_ema=cfg.use_ema, vae_ckpt=cfg.get("vae_ckpt"))
+    dtype = DTYPES[cfg.get("dtype", "fp32")]
+    loaded = load_model(cfg.ckpt, "cpu" if casts_weights(device, dtype) else device, use_ema=cfg.use_ema,
+                        vae_ckpt=cfg.get("vae_ckpt"), tokenizer=cfg.get("tokenizer"),
+                        text_encoder=cfg.get("text_encoder"), clip_skip=cfg.get("clip_skip"))
+    cast_networks(loaded, device, dtype)  # read on the CPU in float32, then cast on the way to the GPU
+
+    def precision():  # the networks (text encoder, denoiser, autoencoder) in `dtype`; the sampler's arithmetic stays float32
+        return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
     model, train_cfg = loaded.model, loaded.config
     sampler_cfg = cfg.sampler if cfg.get("sampler") else train_cfg.sampler
     sampler = loaded.sampler(sampler_cfg, eta=None if cfg.eta is None else float(cfg.eta))
@@ -128,60 +236,80 @@ def generate(cfg) -> list[Path]:
             raise UserError('this model is class-conditional: give class_label=<index> or a class name, e.g. '
                             'prompt="golden retriever" (ImageNet) ')
         prompts = [""]
-    shape = tuple(loaded.payload["data"]["shape"])
-    resolution = int(loaded.payload["data"]["resolution"])
+    warn_ignored(cfg, loaded, prompts)
+    shape, height, width = sampled_size(cfg, loaded)
     init, mask = None, None
     if cfg.get("mask") and not cfg.init_image:
         raise UserError("a mask needs the image it masks: give init_image=<picture> with mask=<mask>")
     if cfg.init_image:
-        init = loaded.space.encode(load_init_image(cfg.init_image, resolution)[None].to(device))[0]
+        with precision():
+            init = loaded.space.encode(load_init_image(cfg.init_image, (height, width))[None].to(device))[0].float()
     if cfg.get("mask"):
         if not Path(cfg.mask).is_file():
             raise UserError(f"mask not found: {cfg.mask}")
-        mask = load_mask(cfg.mask, resolution, loaded.space)
+        mask = load_mask(cfg.mask, (height, width), loaded.space, grid=shape[1:])
         check_mask_size(cfg.mask, cfg.init_image)
     strength = float(cfg.strength if cfg.strength is not None else (1.0 if mask is not None else 0.6))
 
-    jobs = [(p, cfg.seed + i) for i, p in enumerate(q for q in prompts for _ in range(cfg.num_images))]
-    names = [out_dir / f"{i:04d}_seed{seed}.png" for i, (_, seed) in enumerate(jobs)]
-    clashes = [p for p in names + [out_dir / "grid.png"] if p.exists()]
-    if clashes:
-        raise UserError(f"{clashes[0]} already exists; choose another out_dir (nothing was overwritten)")
-    labels = class_labels(cfg, model, loaded.payload["data"], [p for p, _ in jobs], by_class_name)
+    total = len(prompts) * cfg.num_images
+    clash = first_clash(out_dir, total, cfg.seed)
+    if clash is not None:
+        raise UserError(f"{clash} already exists; choose another out_dir (nothing was overwritten)")
+    labels = class_labels(cfg, model, loaded.payload["data"], prompts, by_class_name)  # one per prompt
 
+    warn_truncated(model, prompts + [cfg.negative_prompt or ""])
     guidance = OmegaConf.to_container(cfg.guidance) if cfg.get("guidance") else None  # {"name": ..., options}
-    images, costs = [], []  # costs: one per image, its share of its batch's FLOPs, seconds and energy
-    meter = EnergyMeter(device, cfg.get("cost", {}).get("power_watts"))
-    for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="sampling", unit="batch", disable=len(jobs) <= cfg.batch_size):
-        batch = jobs[start: start + cfg.batch_size]
-        tally = FlopTally()
-        meter.start()
-        images.append(generate_images(
-            model, sampler, [p for p, _ in batch], [s for _, s in batch], shape=shape, steps=steps,
-            guidance_scale=float(cfg.guidance_scale), guidance=guidance, negative_prompt=cfg.negative_prompt or "",
-            class_labels=None if labels is None else labels[start: start + cfg.batch_size],
-            init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device, tally=tally).cpu())
-        if not torch.isfinite(images[-1]).all():
-            raise UserError(f"the model produced non-finite values (NaN or inf) for seeds {batch[0][1]}..{batch[-1][1]}; "
-                            f"its weights or this sampler's settings are broken: no image was written for them")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        costs += [{"flops": tally.total / len(batch), "seconds": round(meter.seconds() / len(batch), 4),
-                   "energy_j": round(meter.joules() / len(batch), 4), "energy_source": meter.source,
-                   "network_calls": tally.calls.get("denoise", 0)}] * len(batch)
-    images = torch.cat(images)
-
     common = {"ckpt": str(cfg.ckpt), "ckpt_step": int(loaded.payload["step"]), "use_ema": bool(cfg.use_ema),
               "sampler": sampler.name, "sampler_config": repr(sampler), "steps": steps, "eta": getattr(sampler, "eta", None),
               "guidance_scale": float(cfg.guidance_scale), "negative_prompt": cfg.negative_prompt or "",
               "init_image": str(cfg.init_image) if cfg.init_image else None,
               "strength": strength if cfg.init_image else None, "mask": str(cfg.mask) if cfg.get("mask") else None,
-              "class_label": cfg.get("class_label"), "source": loaded.payload.get("source")}
-    for i, ((prompt, seed), image, path, cost) in enumerate(zip(jobs, images, names, costs)):
-        label = {"class_label": labels[i]} if labels is not None else {}
-        save_png(to_pil(image), path, {"prompt": prompt, "seed": seed, **common, **label, "cost": cost})
-    save_png(image_grid(images, columns=cfg.num_images if len(prompts) > 1 else None), out_dir / "grid.png",
-             {"prompts": prompts, **common})
-    print(f"wrote {len(names)} images and grid.png to {out_dir}")
-    print(cost_line(costs))
-    return names
+              "class_label": cfg.get("class_label"), "source": loaded.payload.get("source"),
+              "height": height, "width": width, "dtype": cfg.get("dtype", "fp32")}
+    meter = EnergyMeter(device, cfg.get("cost", {}).get("power_watts"))
+    totals = {"flops": 0.0, "seconds": 0.0, "energy_j": 0.0, "network_calls": 0, "energy_source": meter.source}
+    written, grid_images = [], []
+    bar = tqdm(total=total, desc="sampling", unit="image", disable=total <= cfg.batch_size)
+    try:
+        with sigterm_as_interrupt(), bar:
+            for start in range(0, total, cfg.batch_size):
+                indices = range(start, min(start + cfg.batch_size, total))
+                batch_prompts = [prompts[i // cfg.num_images] for i in indices]
+                seeds = [(cfg.seed + i) % SEED_RANGE for i in indices]
+                tally = FlopTally()
+                meter.start()
+                with precision(), warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "the prompt .* is longer than")  # said once above, in one line
+                    images = generate_images(
+                        model, sampler, batch_prompts, seeds, shape=shape, steps=steps,
+                        guidance_scale=float(cfg.guidance_scale), guidance=guidance,
+                        negative_prompt=cfg.negative_prompt or "",
+                        class_labels=None if labels is None else [labels[i // cfg.num_images] for i in indices],
+                        init=init, strength=strength, mask=mask, decode=loaded.space.decode, device=device,
+                        tally=tally).float().cpu()
+                if not torch.isfinite(images).all():
+                    raise UserError(f"the model produced non-finite values (NaN or inf) for seeds {seeds[0]}..{seeds[-1]}; "
+                                    f"its weights or this sampler's settings are broken: no image was written for them")
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                cost = {"flops": tally.total / len(indices), "seconds": round(meter.seconds() / len(indices), 4),
+                        "energy_j": round(meter.joules() / len(indices), 4), "energy_source": meter.source,
+                        "network_calls": tally.calls.get("denoise", 0)}
+                for key in ("flops", "seconds", "energy_j"):
+                    totals[key] += cost[key] * len(indices)
+                totals.update(network_calls=cost["network_calls"], energy_source=meter.source)
+                for i, prompt, seed, image in zip(indices, batch_prompts, seeds, images):
+                    label = {"class_label": labels[i // cfg.num_images]} if labels is not None else {}
+                    path = out_dir / image_name(i, seed)
+                    save_png(to_pil(image), path, {"prompt": prompt, "seed": seed, **common, **label, "cost": cost})
+                    written.append(path)
+                grid_images += list(images[: max(0, GRID_IMAGES - len(grid_images))])
+                bar.update(len(indices))
+    except KeyboardInterrupt:
+        print(f"interrupted: kept the {len(written)} of {total} images written to {out_dir} (no grid.png)", file=sys.stderr)
+        raise SystemExit(130) from None
+    columns = min(cfg.num_images, GRID_IMAGES) if len(prompts) > 1 else None
+    save_png(image_grid(torch.stack(grid_images), columns=columns), out_dir / "grid.png", {"prompts": prompts, **common})
+    print(f"wrote {len(written)} images and grid.png to {out_dir}")
+    print(cost_line(totals, len(written)))
+    return written

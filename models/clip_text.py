@@ -15,9 +15,14 @@ Weights from transformers' CLIPTextModel or an SD single file: `diffusion/pretra
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.clip_tokenizer import CLIPTokenizer
+from models.text_encoder import TextEncoding
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +69,10 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class PromptTruncated(UserWarning):
+    """A prompt longer than the encoder's 77 positions: the words past them were dropped."""
+
+
 def check_clip_skip(clip_skip: int, layers: int) -> None:
     if not 1 <= clip_skip <= layers:
         raise ValueError(f"clip_skip={clip_skip} must be between 1 (the last layer) and {layers} (the first)")
@@ -82,9 +91,12 @@ class CLIPTextEncoder(nn.Module):
         mlp_width: int = 3072,    # 4 x width
         eps: float = 1e-5,        # LayerNorm epsilon (transformers' layer_norm_eps)
         clip_skip: int = 1,       # 1 = last layer's states; 2 = the layer before (SD's "CLIP skip"), ...
+        tokenizer: str | None = None,  # the vocabulary (data, not weights): a folder with vocab.json + merges.txt,
+                                       # or CLIP's bpe_simple_vocab_16e6.txt.gz; needed by `encode`, not `forward`
     ):
         super().__init__()
         check_clip_skip(clip_skip, layers)
+        self.tokenizer = CLIPTokenizer.from_path(tokenizer, max_length=max_length) if tokenizer else None
         self.max_length = max_length
         self.width = width
         self.clip_skip = clip_skip
@@ -120,3 +132,22 @@ class CLIPTextEncoder(nn.Module):
         end = ids.argmax(dim=-1)  # (B,) position of the end token
         pooled = last[torch.arange(ids.shape[0], device=ids.device), end]
         return states, pooled
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], device=None) -> TextEncoding:
+        """Prompts -> the UNet's context as Stable Diffusion 1.x makes it: every prompt as 77 ids (start, words,
+        end, then end tokens as padding), the states of layer `clip_skip` from the end for all 77 positions.
+        The mask is all True: SD's UNet attends to the padding positions too, and its outputs depend on them.
+        A prompt past 77 tokens is cut there, with a `PromptTruncated` warning naming the dropped words."""
+        if self.tokenizer is None:
+            raise ValueError("this CLIP text encoder has no tokenizer: build it with tokenizer=<vocab.json + merges.txt "
+                             "folder, or bpe_simple_vocab_16e6.txt.gz>")
+        for prompt in prompts:
+            dropped = self.tokenizer.dropped(prompt)
+            if dropped:
+                warnings.warn(f"the prompt {prompt[:40]!r}... is longer than CLIP's {self.max_length} tokens; "
+                              f"dropped: {dropped!r}", PromptTruncated, stacklevel=2)
+        ids, _ = self.tokenizer(list(prompts))
+        ids = torch.tensor(ids, device=device if device is not None else self.token_embedding.weight.device)
+        states, pooled = self(ids)  # (B, 77, width), (B, width)
+        return TextEncoding(states=states, mask=torch.ones_like(ids, dtype=torch.bool), pooled=pooled, ids=ids)

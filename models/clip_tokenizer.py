@@ -99,6 +99,25 @@ class CLIPTokenizer:
         merges = read_merges(lines[1:BPE_GZ_MERGES + 1])  # its header line does not start with "#version"
         return cls(vocabulary_from_merges(merges), merges, **kwargs)
 
+    @classmethod
+    def from_tokenizer_json(cls, path, **kwargs) -> "CLIPTokenizer":
+        """The `tokenizers` library's one-file form (`tokenizer.json`, what transformers 5 saves): its BPE model's
+        `vocab` and `merges` (pairs as ["a", "b"] or "a b")."""
+        model = json.loads(Path(path).read_text(encoding="utf-8"))["model"]
+        merges = [tuple(pair) if isinstance(pair, list) else tuple(pair.split()) for pair in model["merges"]]
+        return cls(model["vocab"], merges, **kwargs)
+
+    @classmethod
+    def from_path(cls, path, **kwargs) -> "CLIPTokenizer":
+        """A folder holding `vocab.json` + `merges.txt` or `tokenizer.json` (a diffusers pipeline's `tokenizer/`),
+        or CLIP's `.txt.gz`."""
+        path = Path(path)
+        if path.is_dir() and not (path / "vocab.json").is_file():
+            return cls.from_tokenizer_json(path / "tokenizer.json", **kwargs)
+        if path.is_dir():
+            return cls.from_files(path / "vocab.json", path / "merges.txt", **kwargs)
+        return cls.from_bpe_gz(path, **kwargs)
+
     def bpe(self, piece: str) -> list[str]:
         """One pre-tokenised piece (already byte symbols) -> its BPE tokens, the last ending in `</w>`."""
         if piece in self.cache:

@@ -32,11 +32,12 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
-def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+def group_norm(channels: int, max_groups: int = 32, eps: float | None = None) -> nn.GroupNorm:
     """GroupNorm with 32 groups where the channels allow it (Wu & He 2018), fewer for small widths. At
-    widths <= 32 that is one channel per group (instance norm); `max_groups=8` keeps >= 2 channels a group."""
+    widths <= 32 that is one channel per group (instance norm); `max_groups=8` keeps >= 2 channels a group.
+    `eps=None`: 1e-6 where the groups divide the width, else 1e-5 (SD's resnets give 1e-5 explicitly)."""
     groups = math.gcd(max_groups, channels)
-    return nn.GroupNorm(groups, channels, eps=1e-6 if groups == max_groups else 1e-5)
+    return nn.GroupNorm(groups, channels, eps=eps if eps is not None else 1e-6 if groups == max_groups else 1e-5)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, sin_first: bool = False,
@@ -92,17 +93,17 @@ class ResBlock(nn.Module):
 
     With `scale_shift` the embedding modulates the second normalisation as FiLM, h = norm(h) * (1 + scale) + shift
     (Dhariwal & Nichol 2021); without it the embedding is added, as in Ho et al. 2020. `emb_dim=None` gives
-    the unconditional block the autoencoder uses.
+    the unconditional block the autoencoder uses. `norm_eps`: both GroupNorms' eps (None: `group_norm`'s rule).
     """
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int | None = None, dropout: float = 0.0,
-                 scale_shift: bool = True, norm_groups: int = 32):
+                 scale_shift: bool = True, norm_groups: int = 32, norm_eps: float | None = None):
         super().__init__()
         self.scale_shift = scale_shift and emb_dim is not None
-        self.norm1 = group_norm(in_channels, norm_groups)
+        self.norm1 = group_norm(in_channels, norm_groups, norm_eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb = None if emb_dim is None else nn.Linear(emb_dim, out_channels * (2 if self.scale_shift else 1))
-        self.norm2 = group_norm(out_channels, norm_groups)
+        self.norm2 = group_norm(out_channels, norm_groups, norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
@@ -247,19 +248,29 @@ class TransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """Image features attend to themselves and to text: GroupNorm -> 1x1 in -> TransformerBlock -> 1x1 out (zero) + x."""
+    """Image features attend to themselves and to text: GroupNorm -> 1x1 in -> TransformerBlock -> 1x1 out (zero) + x.
+
+    `linear_projection`: proj_in / proj_out are linear layers over the H*W tokens (SD 2.x, diffusers'
+    `use_linear_projection`) instead of 1x1 convolutions (SD 1.x); the same map, stored as [C, C] not [C, C, 1, 1]."""
 
     def __init__(self, channels: int, heads: int, context_dim: int, dropout: float = 0.0, norm_groups: int = 32,
-                 cross_only: bool = False, ff_mult: int = 4):
+                 cross_only: bool = False, ff_mult: int = 4, linear_projection: bool = False):
         super().__init__()
+        self.linear_projection = linear_projection
+        projection = nn.Linear if linear_projection else lambda c_in, c_out: nn.Conv2d(c_in, c_out, 1)
         self.norm = group_norm(channels, norm_groups)
-        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.proj_in = projection(channels, channels)
         self.block = TransformerBlock(channels, heads, context_dim, dropout, cross_only, ff_mult)
-        self.proj_out = zero_init(nn.Conv2d(channels, channels, 1))
+        self.proj_out = zero_init(projection(channels, channels))
 
     def forward(self, x, context, context_mask=None):
         _, _, height, width = x.shape
-        h = rearrange(self.proj_in(self.norm(x)), "b c y x -> b (y x) c")
+        h = self.norm(x)
+        if self.linear_projection:
+            h = self.proj_in(rearrange(h, "b c y x -> b (y x) c"))  # (B, H*W, C)
+            h = self.proj_out(self.block(h, context, context_mask))
+            return x + rearrange(h, "b (y x) c -> b c y x", y=height, x=width)
+        h = rearrange(self.proj_in(h), "b c y x -> b (y x) c")  # (B, H*W, C)
         h = self.block(h, context, context_mask)
         h = rearrange(h, "b (y x) c -> b c y x", y=height, x=width)
         return x + self.proj_out(h)

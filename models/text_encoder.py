@@ -57,6 +57,10 @@ class Tokenizer:
     def from_state_dict(cls, state: dict) -> "Tokenizer":
         return cls(list(state["vocabulary"]), int(state["max_length"]))
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of `text` this vocabulary lacks (each read as <unk>), in order, once each."""
+        return list(dict.fromkeys(w for w in split_words(text) if w not in self.index))
+
     def encode_one(self, text: str) -> list[int]:
         words = split_words(text)
         room = self.max_length - 2

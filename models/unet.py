@@ -57,6 +57,8 @@ class UNet(nn.Module):
         time_sin_first: bool = False,  # timestep sinusoids as [sin, cos] (Ho et al.'s code) instead of [cos, sin]
         time_frequency_shift: float = 0.0,  # frequencies 10000^(-i / (half - shift)): 1 in Ho et al.'s code
         downsample_padding: int = 1,  # 1: pad every side; 0: bottom / right only (TF "SAME", Ho et al.'s code)
+        norm_eps: float | None = None,  # resnets' and the output's GroupNorm eps: SD's 1e-5; None: 1e-6 (group_norm)
+        linear_projection: bool = False,  # transformers' proj_in / proj_out as linear layers (SD 2.x), not 1x1 convs
         extra_time_inputs: tuple = (),  # cond fields embedded like t and added to it: r (MeanFlow), guidance (iMF)
     ):
         super().__init__()
@@ -93,17 +95,19 @@ class UNet(nn.Module):
         def attention_block(width: int) -> nn.Module:
             if context_dim is None:
                 return SelfAttention2d(width, heads_for(width), norm_groups)
-            return SpatialTransformer(width, heads_for(width), context_dim, dropout, norm_groups, ff_mult=ff_mult)
+            return SpatialTransformer(width, heads_for(width), context_dim, dropout, norm_groups, ff_mult=ff_mult,
+                                      linear_projection=linear_projection)
 
         def level_attention(level: int, width: int) -> nn.Module | None:
             if level in attention_levels:
                 return attention_block(width)
             if level in cross_attention_levels and context_dim is not None:
-                return SpatialTransformer(width, heads_for(width), context_dim, dropout, norm_groups, cross_only=True)
+                return SpatialTransformer(width, heads_for(width), context_dim, dropout, norm_groups, cross_only=True,
+                                          linear_projection=linear_projection)
             return None
 
         def res_block(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(c_in, c_out, emb_dim, dropout, scale_shift, norm_groups)
+            return ResBlock(c_in, c_out, emb_dim, dropout, scale_shift, norm_groups, norm_eps)
 
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
@@ -132,7 +136,7 @@ class UNet(nn.Module):
                                          Upsample(level_width) if level > 0 and block == num_res_blocks else None))
                 width = level_width
 
-        self.norm_out = group_norm(width, norm_groups)
+        self.norm_out = group_norm(width, norm_groups, norm_eps)
         self.conv_out = zero_init(nn.Conv2d(width, out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:

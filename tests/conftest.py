@@ -30,6 +30,28 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def two_step_checkpoint(tmp_path_factory) -> Path:
+    """The tiny train config's model after 2 steps (a second or two): for tests of what the commands refuse, warn
+    about or survive, which need a real checkpoint but no trained one. Read-only: tests must not write it."""
+    from diffusion.training import train
+    from tiny import tiny_train_cfg
+
+    return train(tiny_train_cfg(tmp_path_factory.mktemp("two_step_run"), "trainer.max_steps=2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_files(tmp_path_factory):
+    """A tiny random Stable Diffusion 1.x pipeline (tests/pretrained/tiny_sd.py), built once per test process and shared
+    by the SD tests and notebook 06: (the diffusers StableDiffusionPipeline, its saved folder, the same weights as an
+    original single file)."""
+    if str(HERE / "pretrained") not in sys.path:
+        sys.path.insert(0, str(HERE / "pretrained"))
+    from tiny_sd import tiny_pipeline
+
+    return tiny_pipeline(tmp_path_factory.mktemp("sd"))
+
+
+@pytest.fixture(scope="session")
 def quick_probe_cache(tmp_path_factory) -> Path:
     """A cache folder (for DIFFUSION_CACHE) holding a 16 px toy-birds probe trained for a few seconds."""
     from diffusion.evaluation.probe import probe_path, save_probe, train_probe

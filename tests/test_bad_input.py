@@ -12,8 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from diffusion import checkpoint as ckpt
-from diffusion.training import train
-from tiny import TINY_TRAIN, run_in_process, run_script, tiny_train_cfg
+from tiny import TINY_TRAIN, run_in_process, run_script
 
 
 class Evil:
@@ -26,10 +25,26 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+def stable_diffusion_files(root: Path, tiny_sd_files) -> dict:
+    """Files cut from the tiny random SD 1.x pipeline (tests/conftest.py): other families, a missing text encoder."""
+    from safetensors.torch import load_file, save_file
+
+    _, folder, single = tiny_sd_files
+    state = load_file(single)
+    made = {"sdxl": {**state, "conditioner.embedders.0.x": torch.zeros(1)},
+            "sd2": {"cond_stage_model.model.x": torch.zeros(1), **state},
+            "flux": {"double_blocks.0.img_attn.qkv.weight": torch.zeros(1)},
+            "sd_no_text": {k: v for k, v in state.items() if not k.startswith("cond_stage_model.")}}
+    for name, tensors in made.items():
+        save_file(tensors, str(root / f"{name}.safetensors"))
+    return {"sd_folder": folder, "sd_tokenizer": folder / "tokenizer",
+            **{name: root / f"{name}.safetensors" for name in made}}
+
+
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, two_step_checkpoint, tiny_sd_files):
     root = tmp_path_factory.mktemp("bad_input")
-    good = train(tiny_train_cfg(root / "run", "trainer.max_steps=2"))
+    good = two_step_checkpoint
     payload = ckpt.load_checkpoint(good)
 
     corrupt = root / "corrupt.ckpt"
@@ -56,7 +71,7 @@ def files(tmp_path_factory):
     taken = root / "taken"
     taken.mkdir()
     (taken / "0000_seed0.png").write_bytes(b"an image the user keeps")
-    return {"root": root, "good": good, "corrupt": corrupt, "v999": other_version, "pickle": crafted_pickle,
+    return {**stable_diffusion_files(root, tiny_sd_files), "root": root, "good": good, "corrupt": corrupt, "v999": other_version, "pickle": crafted_pickle,
             "config": crafted_config, "marker": marker, "text_png": text_as_png, "taken": taken,
             "init_png": init_png, "small_mask": small_mask, "nan": nan_weights}
 
@@ -72,12 +87,12 @@ def cases(f):
         (*train_tiny[:1], [*train_tiny[1:], "model=unet_huge"], "Could not find 'model/unet_huge'; available: ddpm_cifar10, dit_b2"),
         ("train.py", [*[o for o in train_tiny[1:] if not o.startswith(("model.", "text."))], "model=mmdit_tiny", "text=none"],
          "MMDiT is text-conditional by design: use text=scratch|minilm"),
-        (*train_tiny[:1], [*train_tiny[1:], "trainer.max_steps=abc"], "trainer.max_steps must be a positive integer"),
-        (*train_tiny[:1], [*train_tiny[1:], "trainer.max_steps=0"], "trainer.max_steps must be a positive integer"),
-        (*train_tiny[:1], [*train_tiny[1:], "trainer.batch_size=-1"], "trainer.batch_size must be a positive integer"),
-        (*train_tiny[:1], [*train_tiny[1:], "optim.lr=-1"], "optim.lr must be a number > 0"),
-        (*train_tiny[:1], [*train_tiny[1:], "optim.text_lr_scale=0"], "optim.text_lr_scale must be a number > 0"),
-        (*train_tiny[:1], [*train_tiny[1:], "diffusion.caption_dropout=1.5"], "caption_dropout must be a number in [0, 1)"),
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.max_steps=abc"], "trainer.max_steps='abc': use an integer >= 1"),
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.max_steps=0"], "trainer.max_steps=0: use an integer >= 1"),
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.batch_size=-1"], "trainer.batch_size=-1: use an integer >= 1"),
+        (*train_tiny[:1], [*train_tiny[1:], "optim.lr=-1"], "optim.lr=-1: use a number > 0"),
+        (*train_tiny[:1], [*train_tiny[1:], "optim.text_lr_scale=0"], "optim.text_lr_scale=0: use a number > 0"),
+        (*train_tiny[:1], [*train_tiny[1:], "diffusion.caption_dropout=1.5"], "diffusion.caption_dropout=1.5: use a number in [0, 1)"),
         (*train_tiny[:1], [*train_tiny[1:], "objective.prediction_type=eps"], "unknown prediction type 'eps'"),
         (*train_tiny[:1], [*train_tiny[1:], "objective=flw"], "Could not find 'objective/flw'; available: ddpm, edm, flow"),
         (*train_tiny[:1], [*train_tiny[1:], "objective=flow", "objective.time_sampling=beta"],
@@ -95,11 +110,20 @@ def cases(f):
          "sigma_rel must be in (0, 0.2887)"),
         (*train_tiny[:1], [*train_tiny[1:], "trainer.posthoc_ema.every=-1"], "trainer.posthoc_ema.every=-1: use an integer >= 0"),
         (*train_tiny[:1], [*train_tiny[1:], "text.pooling=max"], "text: unknown text pooling 'max'"),
-        (*train_tiny[:1], [*train_tiny[1:], "trainer.precision=fp8"], "unknown trainer.precision 'fp8'"),
-        (*train_tiny[:1], [*train_tiny[1:], "logger=wandb", "logger.mode=bogus"], "unknown logger.mode 'bogus'"),
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.precision=fp8"], "trainer.precision='fp8': use one of auto, fp32, bf16"),
+        (*train_tiny[:1], [*train_tiny[1:], "logger=wandb", "logger.mode=bogus"], "logger.mode='bogus': use one of offline, online, disabled"),
         (*train_tiny[:1], [*train_tiny[1:], "sampler.timestep_spacing=even"], "unknown timestep spacing 'even'"),
         (*train_tiny[:1], [*train_tiny[1:], "dataset.resolution=8"], "resolution must be at least 16"),
         (*train_tiny[:1], [*train_tiny[1:], "dataset.resolution=17"], "use a resolution divisible by 2"),
+        (*train_tiny[:1], [*train_tiny[1:], "seed=abc"], "seed='abc': use an integer in [0, 2**64)"),
+        (*train_tiny[:1], [*train_tiny[1:], f"seed={2**64}"], f"seed={2**64}: use an integer in [0, 2**64)"),
+        (*train_tiny[:1], [*train_tiny[1:], "optim.betas=[0.9]"], "optim.betas=[0.9]: use two numbers in [0, 1)"),
+        (*train_tiny[:1], [*train_tiny[1:], "optim.betas=[0.9,1.0]"], "optim.betas=[0.9, 1.0]: use two numbers in [0, 1)"),
+        (*train_tiny[:1], [*train_tiny[1:], "optim.decay=step"], "optim.decay='step': use one of cosine, linear, constant"),
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.compile=maybe"], "trainer.compile='maybe': use true or false"),
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.ema_decay=1"], "trainer.ema_decay=1: use a number in [0, 1)"),
+        (*train_tiny[:1], [*train_tiny[1:], "trainer.grad_clip=nan"], "trainer.grad_clip=nan: use a number >= 0"),
+        (*train_tiny[:1], [*train_tiny[1:], "resume=true"], "checkpoint not found: true"),
         (*train_tiny[:1], [*train_tiny[1:], f"resume={f['root'] / 'missing.ckpt'}"], "checkpoint not found"),
         (*train_tiny[:1], [*train_tiny[1:], f"resume={f['corrupt']}"], "corrupt or not a checkpoint"),
         (*train_tiny[:1], [*train_tiny[1:], "dataset=birds", f"paths.data_dir={f['root'] / 'nodata'}"], "python -m diffusion.data.download birds"),
@@ -116,22 +140,22 @@ def cases(f):
         ("sample.py", [f"ckpt={f['text_png']}", "prompt=x", out], "corrupt or not a checkpoint"),
         ("sample.py", [*sample[1:], f"init_image={f['root'] / 'missing.png'}"], "init_image not found"),
         ("sample.py", [*sample[1:], f"init_image={f['text_png']}"], "is not a readable image"),
-        ("sample.py", [*sample[1:], "strength=0"], "strength=0 is out of range"),
-        ("sample.py", [*sample[1:], "strength=1.5"], "strength=1.5 is out of range"),
-        ("sample.py", [*sample[1:-2], "steps=0", out], "steps must be an integer in [1, 1000]"),
+        ("sample.py", [*sample[1:], "strength=0"], "strength=0: use a number in (0, 1]"),
+        ("sample.py", [*sample[1:], "strength=1.5"], "strength=1.5: use a number in (0, 1]"),
+        ("sample.py", [*sample[1:-2], "steps=0", out], "steps=0: use an integer >= 1"),
         ("sample.py", [*sample[1:-2], "steps=5000", out], "steps must be an integer in [1, 1000]"),
-        ("sample.py", [*sample[1:], "guidance_scale=-1"], "guidance_scale=-1 is out of range"),
-        ("sample.py", [*sample[1:], "guidance_scale=abc"], "guidance_scale='abc' is out of range"),
-        ("sample.py", [*sample[1:], "num_images=0"], "num_images=0 is out of range"),
-        ("sample.py", [*sample[1:], "batch_size=0"], "batch_size=0 is out of range"),
-        ("sample.py", [*sample[1:], "eta=-1"], "eta=-1 is out of range"),
-        ("sample.py", [*sample[1:], "seed=-1"], "seed=-1 is out of range"),
-        ("sample.py", [*sample[1:], "seed=abc"], "seed='abc' is out of range"),
-        ("sample.py", [*sample[1:], f"seed={2**64}"], "is out of range: use an integer in [0, "),
-        ("sample.py", [*sample[1:], "use_ema=no"], "use_ema='no' is out of range: use true or false"),
+        ("sample.py", [*sample[1:], "guidance_scale=-1"], "guidance_scale=-1: use a number in [0, 100]"),
+        ("sample.py", [*sample[1:], "guidance_scale=abc"], "guidance_scale='abc': use a number in [0, 100]"),
+        ("sample.py", [*sample[1:], "num_images=0"], "num_images=0: use an integer >= 1"),
+        ("sample.py", [*sample[1:], "batch_size=0"], "batch_size=0: use an integer >= 1"),
+        ("sample.py", [*sample[1:], "eta=-1"], "eta=-1: use a number in [0, 1]"),
+        ("sample.py", [*sample[1:], "seed=-1"], "seed=-1: use an integer in [0, 2**64)"),
+        ("sample.py", [*sample[1:], "seed=abc"], "seed='abc': use an integer in [0, 2**64)"),
+        ("sample.py", [*sample[1:], f"seed={2**64}"], ": use an integer in [0, 2**64)"),
+        ("sample.py", [*sample[1:], "use_ema=maybe"], "use_ema='maybe': use true or false"),
         ("sample.py", [*sample[1:], "strength=0.5"], "strength=0.5 applies to image-to-image"),
         ("sample.py", [*sample[1:-1], f"out_dir={f['text_png']}"], "is a file; give a folder"),
-        ("sample.py", [*sample[1:], "steps=abc"], "steps must be an integer"),
+        ("sample.py", [*sample[1:], "steps=abc"], "steps='abc': use an integer >= 1"),
         ("sample.py", [f"ckpt={f['nan']}", *sample[2:]], "weight tensors hold NaN or inf"),
         ("sample.py", [*sample[1:], "device=cuda:7"], "no CUDA GPU"),
         ("sample.py", [*sample[1:], "colour=red"], "unknown config key 'colour'"),
@@ -147,6 +171,34 @@ def cases(f):
          "give a mask of the init image's size"),
         ("sample.py", [*sample[1:], f"prompts_file={f['root'] / 'none.txt'}"], "prompts_file not found"),
         ("sample.py", [*sample[1:-1], f"out_dir={f['taken']}"], "already exists; choose another out_dir"),
+        ("sample.py", [*sample[1:], "class_label=3"], "class_label=3 applies to class-conditional models"),
+        ("sample.py", [*sample[1:], "class_label=-1"], "class_label=-1: use an integer >= 0"),
+        ("sample.py", [*sample[1:], "num_images=2.5"], "num_images=2.5: use an integer >= 1"),
+        ("sample.py", [*sample[1:], "cost.power_watts=-5"], "cost.power_watts=-5: use a number of watts > 0"),
+        # the evaluation: every argument refused before a model loads or a probe trains
+        *[("diffusion.evaluation", ["--ckpt", str(f["good"]), *arguments, "--cache-dir", str(f["root"] / "cache")], fragment)
+          for arguments, fragment in [
+              (["--steps", "-3"], "--steps=-3: use an integer >= 1"),
+              (["--num-images", "1"], "--num-images=1: use an integer >= 2"),
+              (["--seed", str(2**64)], f"--seed={2**64}: use an integer in [0, 2**64)"),
+              (["--seeds", "1", "-2"], "--seeds=[1, -2]: use integers in [0, 2**64)"),
+              (["--eta", "nan"], "--eta=nan: use a number in [0, 1]"),
+              (["--guidance-scale", "inf"], "--guidance-scale=inf: use a number in [0, 100]"),
+              (["--batch-size", "0"], "--batch-size=0: use an integer >= 1"),
+              (["--fid-resamples", "0"], "--fid-resamples=0: use an integer >= 1"),
+              (["--kid-subset-size", "-1"], "--kid-subset-size=-1: use an integer >= 1"),
+              (["--sampler", "ddimm"], "unknown sampler 'ddimm'"),
+              (["--steps", "5000"], "steps must be an integer in [1, 1000]"),
+          ]],
+        ("diffusion.evaluation.probe", ["--steps", "-5", "--cache-dir", str(f["root"] / "cache")], "--steps=-5: use an integer >= 1"),
+        ("diffusion.evaluation.probe", ["--resolution", "8", "--cache-dir", str(f["root"] / "cache")], "--resolution=8: use an integer >= 16"),
+        # sample.py on Stable Diffusion (the tiny random pipeline: its sizes are multiples of 4, SD 1.5's of 64)
+        *(("sample.py", [f"ckpt={f[name]}", f"tokenizer={f['sd_tokenizer']}", "prompt=x", out], words) for name, words in (
+            ("sdxl", "is a SDXL checkpoint"), ("sd2", "is a Stable Diffusion 2.x checkpoint"),
+            ("flux", "is a Flux checkpoint"), ("sd_no_text", "holds no text encoder"))),
+        ("sample.py", [f"ckpt={f['sd_folder']}", "prompt=x", "height=18", out], "height=18 is not a multiple of 4"),
+        ("sample.py", [f"ckpt={f['good']}", f"tokenizer={f['sd_tokenizer']}", "prompt=x", out],
+         "tokenizer= applies to Stable Diffusion checkpoints"),
         # data commands
         ("diffusion.data.toybirds", ["--out", str(f["root"] / "birds"), "--num", "0"], "num"),
         ("diffusion.data.toybirds", ["--out", str(f["root"] / "birds"), "--num", "4", "--resolution", "8"], "16"),
@@ -190,3 +242,4 @@ def test_every_bad_input_is_one_clear_line_and_nothing_is_overwritten(files):
     assert (files["taken"] / "0000_seed0.png").read_bytes() == b"an image the user keeps"
     assert not (files["root"] / "never").exists() or not any((files["root"] / "never").glob("*.png"))
     assert not files["marker"].exists(), "a crafted checkpoint ran code"
+    assert not (files["root"] / "cache").exists(), "a refused evaluation or probe wrote its cache"

@@ -139,3 +139,15 @@ def test_the_published_model_benchmark_runs_and_draws_the_same_images(tmp_path):
     assert results["meta"]["max_image_difference"] <= 1e-4
     assert {row["row"] for row in results["rows"]} == {"sample", "memory", "load"}
     assert all(row["ours"] > 0 and row["reference"] > 0 for row in results["rows"])
+
+
+@pytest.mark.slow  # ~45 CPU-s: the narrowed SD 1.5 UNet at 16x16 latents, one repeat, memory in fresh processes
+def test_the_sd15_unet_benchmark_runs_on_the_same_weights(tmp_path):
+    """benchmarks/sd15.py: our SD 1.5 UNet beside diffusers' UNet2DConditionModel on the same weights: the same eps
+    and the same guided DDIM step, forward / step / memory rows."""
+    from benchmarks.sd15 import main
+
+    results = main(["--device", "cpu", "--latent", "16", "--repeats", "1", "--narrow", "--out", str(tmp_path)])
+    assert results["meta"]["max_eps_difference"] <= 1e-4 and results["meta"]["max_step_difference"] <= 1e-4
+    assert [row["row"] for row in results["rows"]] == ["forward", "guided DDIM step", "memory"]
+    assert all(row["ours"] > 0 and row["reference"] > 0 for row in results["rows"])

@@ -61,7 +61,7 @@ def test_every_dataset_option_builds_a_dataset_that_follows_the_contract(option,
                                    "experiment"])
 def test_every_option_of_every_group_composes_and_builds(group, tmp_path):
     for option in OPTIONS[group]:
-        extra = ["model.base_channels=8"] if group == "model" and option.startswith("unet") else []
+        extra = ["model.base_channels=8"] if group == "model" and option.startswith(("unet", "sd")) else []
         if group == "model" and option.startswith("dit") and option != "dit_tiny":  # class-conditional DiTs
             extra = ["text=none", "model.depth=1"]
         if group == "sampler" and option.startswith("flow_"):

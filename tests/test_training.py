@@ -13,7 +13,7 @@ from diffusion.errors import UserError
 from diffusion.data.images import read_png_metadata
 from diffusion import checkpoint as ckpt
 from diffusion.training import loop, train
-from tiny import run_in_process, run_script, tiny_train_cfg
+from tiny import TINY_TRAIN, run_in_process, run_script, tiny_train_cfg
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +231,27 @@ def test_a_fresh_start_in_a_folder_that_holds_a_run_is_refused_and_changes_nothi
     capsys.readouterr()
     train(tiny_train_cfg(tmp_path, "trainer.max_steps=2", "resume=auto"))
     assert "already at step 2 >= trainer.max_steps=2; nothing to train" in capsys.readouterr().out
+
+
+def test_resuming_keeps_the_first_hydra_record_and_a_finished_run_is_left_as_it_is(tmp_path):
+    """Hydra rewrites <run>/.hydra/overrides.yaml on every command into the folder: the first run's is kept (refused
+    commands put it back), each resume's is recorded beside it, and a resume with nothing to train writes nothing."""
+    run, hydra = tmp_path / "run", tmp_path / "run" / ".hydra"
+    tiny = [*TINY_TRAIN, f"hydra.run.dir={run}", "trainer.log_every=1", "trainer.max_steps=2"]
+    assert run_in_process("train.py", *tiny, cwd=tmp_path).returncode == 0
+    first = (hydra / "overrides.yaml").read_bytes()
+    for refused in (["trainer.max_steps=3"], ["resume=auto", "optim.lr=-1"]):  # a fresh start into the run; a bad value
+        result = run_in_process("train.py", *tiny, *refused, cwd=tmp_path)
+        assert result.returncode == 2 and (hydra / "overrides.yaml").read_bytes() == first, result.stderr
+    assert run_in_process("train.py", *tiny, "trainer.max_steps=3", "resume=auto", cwd=tmp_path).returncode == 0
+    assert (hydra / "overrides.yaml").read_bytes() == first
+    assert "- resume='auto'" in (hydra / "resume-1-overrides.yaml").read_text()
+    assert "trainer.max_steps=3" in (hydra / "resume-1-overrides.yaml").read_text()
+    kept = [(run / name).read_bytes() for name in ("checkpoints/last.ckpt", "metrics.jsonl")]
+    result = run_in_process("train.py", *tiny, "trainer.max_steps=3", "resume=auto", cwd=tmp_path)
+    assert result.returncode == 0 and "already at step 3 >= trainer.max_steps=3; nothing to train" in result.stdout
+    assert [(run / name).read_bytes() for name in ("checkpoints/last.ckpt", "metrics.jsonl")] == kept
+    assert (hydra / "overrides.yaml").read_bytes() == first and (hydra / "resume-2-overrides.yaml").is_file()
 
 
 def test_resuming_from_an_earlier_checkpoint_leaves_each_step_in_the_metrics_once(tmp_path):

@@ -27,6 +27,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from diffusion.errors import write_error
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -62,11 +64,11 @@ def _to_8bit(image: Image.Image) -> np.ndarray:
     return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
 
 
-def center_square(width: int, height: int) -> tuple[float, float, float, float]:
-    """The largest centred square of an image, as a (left, top, right, bottom) box."""
-    side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    return (left, top, left + side, top + side)
+def center_box(width: int, height: int, aspect: float = 1.0) -> tuple[float, float, float, float]:
+    """The largest centred box of `aspect` (its width / height; 1: a square) in an image, as (left, top, right, bottom)."""
+    box_width, box_height = min(width, height * aspect), min(height, width / aspect)
+    left, top = (width - box_width) / 2, (height - box_height) / 2
+    return (left, top, left + box_width, top + box_height)
 
 
 def square_around_box(
@@ -133,29 +135,31 @@ def inspect_image(path) -> tuple[int, int]:
 
 def decode_image(
     path,
-    resolution: int,
-    crop: Callable[[int, int], tuple] | None = None,  # (width, height) -> box; None: centre square
+    resolution: int | tuple[int, int],  # the side of the square, or (height, width)
+    crop: Callable[[int, int], tuple] | None = None,  # (width, height) -> box; None: the centred box of the size's shape
 ) -> torch.Tensor:
-    """Decode, convert to RGB, crop and resize one file -> uint8 tensor [3, resolution, resolution].
+    """Decode, convert to RGB, crop and resize one file -> uint8 tensor [3, height, width] (a square by default).
 
     ``crop`` maps the stored image's (width, height) to a (left, top, right, bottom) box in its
     pixels (CUB's boxes are annotated that way). Without it, the EXIF orientation is applied
-    first (phone photos) and the centred square is used.
+    first (phone photos) and the largest centred box of the output's shape is used.
     """
+    out_height, out_width = (resolution, resolution) if isinstance(resolution, int) else resolution
+    longest = max(out_height, out_width)  # a crop of any shape from a picture whose short side is >= this fits
     with open_checked(path) as image:
         width, height = image.size
-        box = crop(width, height) if crop is not None else center_square(width, height)
+        box = crop(width, height) if crop is not None else center_box(width, height)
         side = min(box[2] - box[0], box[3] - box[1])
-        if image.format == "JPEG" and side >= 2 * resolution:
-            # ask libjpeg for the smallest scale that keeps the crop >= resolution pixels
-            image.draft(None, (math.ceil(width * resolution / side), math.ceil(height * resolution / side)))
+        if image.format == "JPEG" and side >= 2 * longest:
+            # ask libjpeg for the smallest scale that keeps the crop >= the output's pixels
+            image.draft(None, (math.ceil(width * longest / side), math.ceil(height * longest / side)))
         rgb = _load_rgb(image, apply_orientation=crop is None)
     if crop is None:
-        box = center_square(*rgb.size)
+        box = center_box(*rgb.size, aspect=out_width / out_height)
     else:  # the box is in full-size pixels; the draft decode may have shrunk the image
         scale_x, scale_y = rgb.size[0] / width, rgb.size[1] / height
         box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
-    return pil_to_uint8(rgb.resize((resolution, resolution), Image.Resampling.BICUBIC, box=box))
+    return pil_to_uint8(rgb.resize((out_width, out_height), Image.Resampling.BICUBIC, box=box))
 
 
 def _load_rgb(image: Image.Image, apply_orientation: bool) -> Image.Image:
@@ -221,8 +225,15 @@ def save_png(image: Image.Image, path: Path, metadata: dict | None = None) -> No
         info.add_text("parameters", json.dumps(metadata))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    image.save(temporary, format="PNG", pnginfo=info)
-    temporary.replace(path)
+    try:
+        image.save(temporary, format="PNG", pnginfo=info)
+        temporary.replace(path)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)
+        failed = write_error(error, path)
+        if failed is not None:
+            raise failed from None
+        raise
 
 
 def read_png_metadata(path: str | Path) -> dict:

@@ -101,7 +101,19 @@ def guidance_spec(method: str, options: list[str]) -> dict:
     return spec
 
 
+def check_arguments(args) -> None:
+    """Every argument's type and range (diffusion/schema.py EvaluationArgs), before a model loads or a probe trains."""
+    from diffusion.schema import EvaluationArgs, flag, validate
+
+    validate(EvaluationArgs, vars(args), name=flag)
+
+
 def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m diffusion.evaluation", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True, help="a diffusion checkpoint trained on toy-birds")
     parser.add_argument("--num-images", "--num", dest="num", type=int, default=1000,
@@ -136,19 +148,18 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write evaluation.json and a grid of the first images here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing <out>/evaluation.json")
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args) -> None:
+    """Evaluate as `args` say: every argument is checked first, then the model loads, then the probe, then the images."""
 
     from diffusion.errors import UserError
     from diffusion.training.runtime import close_processes, init_processes
 
     processes, results = None, []
     try:
-        if args.num < 2 or (args.ref_num is not None and args.ref_num < 2):
-            raise UserError("--num and --ref-num must be at least 2 (a covariance needs two images)")
-        if args.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-        if args.adherence_resamples < 1 or args.fid_resamples < 1:
-            raise UserError("--adherence-resamples and --fid-resamples must be >= 1")
+        check_arguments(args)
         seeds = args.seeds if args.seeds is not None else [args.seed]
         if len(set(seeds)) != len(seeds):
             raise UserError(f"--seeds repeats a seed: {seeds}")
@@ -158,19 +169,23 @@ def main(argv=None) -> None:
         if args.out is not None and args.out.is_file():
             raise UserError(f"--out {args.out} is a file; give a folder")
         spec = guidance_spec(args.guidance, args.guidance_option)
+        from diffusion.evaluation.score import evaluate, sampler_config
+
+        sampler_config(args.sampler)  # a sampler name that does not exist, before any work
         processes, device = init_processes(args.device)
         from diffusion.evaluation.features import make_extractor
-        from diffusion.evaluation.score import evaluate, sampler_config
         from diffusion.guidance import guided_denoiser
         from diffusion.loading import load_model
 
         loaded = load_model(args.ckpt, device, use_ema=not args.no_ema)
         sampler_cfg = sampler_config(args.sampler)
+        sampler = loaded.sampler(sampler_cfg, eta=args.eta)
+        sampler.levels(args.steps if args.steps is not None else (sampler_cfg or loaded.config.sampler).steps)
         # the option values (and an interval's fit to this model's noise levels) are checked before any image
         empty = loaded.model.encode([""] if getattr(loaded.model, "is_text_conditional", True) else None, None,
                                     device=device)  # one empty prompt: the method is built, never called
         guided_denoiser(spec, loaded.model, empty, empty, args.guidance_scale,
-                        objective=loaded.sampler(sampler_cfg, eta=args.eta).objective)
+                        objective=sampler.objective)
         extractor = make_extractor(args.extractor, inception_weights=args.inception_weights,
                                    probe_resolution=int(loaded.payload["data"]["resolution"]), device=device)
         from diffusion.evaluation.probe import load_probe

@@ -289,9 +289,9 @@ def main(argv=None) -> None:
     parser.add_argument("--retrain", action="store_true", help="replace a cached probe")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     args = parser.parse_args(argv)
-    if args.resolution < 16:
-        print(f"error: --resolution must be at least 16, got {args.resolution}", file=sys.stderr)
-        sys.exit(2)
+    from diffusion.schema import ProbeArgs, flag, validate
+
+    validate(ProbeArgs, vars(args), name=flag)  # every argument, before a probe trains or is cached
     path = probe_path(args.resolution, args.cache_dir)
     if path.is_file() and not args.retrain:
         probe = read_probe(path)

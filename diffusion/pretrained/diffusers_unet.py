@@ -45,8 +45,9 @@ ATTENTION = [  # diffusers Attention over H*W positions -> models.layers.SelfAtt
 ]
 
 
-def key_table(levels: int, layers_per_block: int, attention_levels) -> list:
-    """(published module, our module, rows) for a UNet2DModel of `levels` levels, attention at `attention_levels`."""
+def key_table(levels: int, layers_per_block: int, attention_levels, attention=ATTENTION) -> list:
+    """(published module, our module, rows) for a UNet2DModel of `levels` levels, attention at `attention_levels`.
+    UNet2DConditionModel has the same layout with transformers for attention (`diffusers_sd_unet.TRANSFORMER`)."""
     table = [("conv_in", "conv_in", WHOLE),
              ("time_embedding.linear_1", "time_embed.0", WHOLE),
              ("time_embedding.linear_2", "time_embed.2", WHOLE)]
@@ -55,34 +56,34 @@ def key_table(levels: int, layers_per_block: int, attention_levels) -> list:
         for j in range(layers_per_block):
             table.append((f"down_blocks.{level}.resnets.{j}", f"down.{stage}.block", RESNET))
             if level in attention_levels:
-                table.append((f"down_blocks.{level}.attentions.{j}", f"down.{stage}.attention", ATTENTION))
+                table.append((f"down_blocks.{level}.attentions.{j}", f"down.{stage}.attention", attention))
             stage += 1
         if level < levels - 1:
             table.append((f"down_blocks.{level}.downsamplers.0.conv", f"down.{stage}.block.conv", WHOLE))
             stage += 1
     table += [("mid_block.resnets.0", "middle.0.block", RESNET),
-              ("mid_block.attentions.0", "middle.0.attention", ATTENTION),
+              ("mid_block.attentions.0", "middle.0.attention", attention),
               ("mid_block.resnets.1", "middle.1.block", RESNET)]
     stage = 0
     for i, level in enumerate(reversed(range(levels))):
         for j in range(layers_per_block + 1):
             table.append((f"up_blocks.{i}.resnets.{j}", f"up.{stage}.block", RESNET))
             if level in attention_levels:
-                table.append((f"up_blocks.{i}.attentions.{j}", f"up.{stage}.attention", ATTENTION))
+                table.append((f"up_blocks.{i}.attentions.{j}", f"up.{stage}.attention", attention))
             stage += 1
         if level > 0:
             table.append((f"up_blocks.{i}.upsamplers.0.conv", f"up.{stage - 1}.upsample.conv", WHOLE))
     return table + [("conv_norm_out", "norm_out", WHOLE), ("conv_out", "conv_out", WHOLE)]
 
 
-def table_for(keys) -> list:
+def table_for(keys, attention=ATTENTION, source: str = SOURCE) -> list:
     """The key table for the UNet2DModel these published keys describe (levels, blocks and attention read from them)."""
     levels = len(indices(keys, "down_blocks."))
     layers_per_block = len(indices(keys, "down_blocks.0.resnets."))
     if not levels or not layers_per_block:
-        raise UserError(f"{SOURCE}: no down_blocks.N.resnets.M keys; this is not a UNet2DModel state dict")
+        raise UserError(f"{source}: no down_blocks.N.resnets.M keys; this is not a {source.split()[-1]} state dict")
     attention_levels = [level for level in range(levels) if indices(keys, f"down_blocks.{level}.attentions.")]
-    return key_table(levels, layers_per_block, attention_levels)
+    return key_table(levels, layers_per_block, attention_levels, attention)
 
 
 def to_ours(state_dict: dict) -> dict:

@@ -99,12 +99,13 @@ def is_ldm_autoencoder(state: dict) -> bool:
     return any(key.startswith(("encoder.down.", "first_stage_model.encoder.")) for key in state)
 
 
-def open_published(path, device, vae_ckpt=None) -> LoadedModel:
-    """The published model at `path` (a folder or a file that is not this project's checkpoint)."""
+def open_published(path, device, vae_ckpt=None, state: dict | None = None) -> LoadedModel:
+    """The published model at `path` (a folder or a file that is not this project's checkpoint); `state`: the
+    file's tensors when the caller has read them already."""
     path = Path(path)
     if path.is_dir():
         return open_folder(path, device, vae_ckpt)
-    state = read_weights(path)
+    state = read_weights(path) if state is None else state
     if is_dit_original(state):
         kwargs = dit_original.network_config(state)
         grid = dit_original.image_grid(state) or 16  # DiT-XL-2-256: a 16 x 16 patch grid of 32 x 32 latents

@@ -135,6 +135,13 @@ def convert(table, state_dict: dict, source: str, to_ours: bool) -> dict:
     return out
 
 
+def float32(state_dict: dict) -> dict:
+    """Half-precision tensors (fp16 / bf16 files, e.g. `v1-5-pruned-emaonly-fp16.safetensors`) as float32: the
+    networks are built in float32 and CPU half-precision kernels are slow or missing; `dtype=` casts them afterwards."""
+    return {key: tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
+            for key, tensor in state_dict.items()}
+
+
 def copied(keys, tensors, names_out, source: str) -> dict:
     """A `copies` row. In: check every published copy equals the first, keep one. Out: one clone per published name."""
     if len(names_out) == 1:

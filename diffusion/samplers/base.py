@@ -47,6 +47,20 @@ def check_strength(strength) -> None:
         raise UserError(f"strength must be in (0, 1], got {strength!r}")
 
 
+STRENGTH_ROUNDINGS = ("nearest", "down")
+
+
+def img2img_steps(num_steps: int, strength: float, rounding: str = "nearest") -> int:
+    """How many of `num_steps` steps image-to-image runs at `strength`, at least one: round(strength * n) here
+    ("nearest"), int(strength * n) in diffusers' img2img pipelines ("down": StableDiffusionImg2ImgPipeline.
+    get_timesteps), so strength 0.7 of 25 steps runs 18 here and 17 there. The two agree when strength * n is whole."""
+    check_strength(strength)
+    if rounding not in STRENGTH_ROUNDINGS:
+        raise UserError(f"strength_rounding must be one of {' | '.join(STRENGTH_ROUNDINGS)}, got {rounding!r}")
+    kept = round(strength * num_steps) if rounding == "nearest" else int(strength * num_steps)
+    return max(1, min(num_steps, kept))
+
+
 class Sampler:
     """The grid, the start of sampling and the image-to-image / inpainting hooks; subclasses define
     `level_grid` and `step`."""
@@ -56,6 +70,8 @@ class Sampler:
     min_steps = 1
     final_level = 0.0  # the level after the last step (discrete samplers: -1, "before step 0")
     stochastic = False  # whether `step` consumes `noise` (the loop then draws it per image)
+    strength_rounding = "nearest"  # image-to-image's steps from strength (`img2img_steps`); models opened from a
+    # diffusers / SD scheduler config set "down", as their pipelines count (LoadedModel.sampler)
 
     def level_grid(self, num_steps: int) -> np.ndarray:
         raise NotImplementedError
@@ -70,12 +86,10 @@ class Sampler:
         return list(levels[1:]) + [self.final_level]
 
     def img2img_levels(self, num_steps: int, strength: float) -> list:
-        """The tail of the grid that image-to-image runs: the last round(strength * num_steps) steps
+        """The tail of the grid that image-to-image runs: the last `img2img_steps(num_steps, strength)` steps
         (at least one). strength 1 runs the whole grid, i.e. starts from (almost) pure noise."""
-        check_strength(strength)
-        grid = self.levels(num_steps)
-        kept = max(1, min(num_steps, round(strength * num_steps)))
-        return grid[num_steps - kept:]
+        kept = img2img_steps(num_steps, strength, self.strength_rounding)
+        return self.levels(num_steps)[num_steps - kept:]
 
     # the start of sampling and the inpainting re-noise; subclasses say what a level means
     def prior(self, noise: torch.Tensor, levels: list) -> torch.Tensor:

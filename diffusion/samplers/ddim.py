@@ -11,8 +11,13 @@ class DDIMSampler(TimestepSampler):
     name = "ddim"
 
     def __init__(self, objective, timestep_spacing: str = "leading", clip_sample: bool = False, clip_range: float = 1.0,
-                 eta: float = 0.0):  # 0: deterministic; 1: the DDPM posterior's noise (DDIM eq. 16)
-        super().__init__(objective, timestep_spacing, clip_sample, clip_range)
+                 eta: float = 0.0,  # 0: deterministic; 1: the DDPM posterior's noise (DDIM eq. 16)
+                 steps_offset: int = 0,  # added to the leading grid (Stable Diffusion: 1)
+                 set_alpha_to_one: bool = True):  # the last step lands on alpha_bar = 1 (x0); False: on alpha_bar_0 (SD)
+        super().__init__(objective, timestep_spacing, clip_sample, clip_range, steps_offset)
+        if not isinstance(set_alpha_to_one, bool):
+            raise UserError(f"set_alpha_to_one must be true or false, got {set_alpha_to_one!r}")
+        self.set_alpha_to_one = set_alpha_to_one
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
             raise UserError(f"eta must be a number in [0, 1] (0 deterministic, 1 DDPM-like), got {eta!r}")
         self.eta = float(eta)
@@ -23,6 +28,8 @@ class DDIMSampler(TimestepSampler):
 
     def step(self, denoise, x_t, t, t_prev, memory, noise=None) -> SamplerStep:
         a_t, a_prev = alpha_bars(self.schedule, t, t_prev)
+        if t_prev < 0 and not self.set_alpha_to_one:  # SD's scheduler: the last step stops at the first timestep's
+            a_prev = float(self.schedule.alpha_bar(0))  # alpha_bar (diffusers' final_alpha_cumprod), not at 1
 
         # 1. the clean sample and the noise this x_t implies (DDIM eq. 9, and its v / x0 forms)
         pred_x0, pred_eps, output = self.predict(denoise, x_t, t)
@@ -38,4 +45,6 @@ class DDIMSampler(TimestepSampler):
         return SamplerStep(prev_sample, pred_x0, output)
 
     def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", eta={self.eta})"
+        extra = f", steps_offset={self.steps_offset}" if self.steps_offset else ""
+        extra += "" if self.set_alpha_to_one else ", set_alpha_to_one=False"
+        return super().__repr__()[:-1] + f", eta={self.eta}{extra})"

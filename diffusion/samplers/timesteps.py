@@ -15,14 +15,19 @@ from diffusion.samplers.base import Sampler, check_steps
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
-def timestep_grid(num_timesteps: int, num_steps: int, spacing: str) -> np.ndarray:
-    """The descending integer timesteps a sampler visits (the grids of Lin et al. 2024, Table 2)."""
+def timestep_grid(num_timesteps: int, num_steps: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
+    """The descending integer timesteps a sampler visits (the grids of Lin et al. 2024, Table 2).
+    `steps_offset` shifts the leading grid up (Stable Diffusion's scheduler config: 1, so 25 steps visit
+    961, 921, ..., 1); the other spacings ignore it, as diffusers' schedulers do."""
     check_choice("timestep spacing", spacing, TIMESTEP_SPACINGS)
     check_steps(num_steps, 1, maximum=num_timesteps)
     if spacing == "linspace":  # both ends included: T-1 ... 0
         grid = np.linspace(0, num_timesteps - 1, num_steps).round()
-    elif spacing == "leading":  # multiples of T // n starting at 0: never reaches T-1
-        grid = np.arange(num_steps) * (num_timesteps // num_steps)
+    elif spacing == "leading":  # multiples of T // n starting at 0 (+ the offset): never reaches T-1 unoffset
+        grid = np.arange(num_steps) * (num_timesteps // num_steps) + steps_offset
+        if grid[-1] >= num_timesteps:
+            raise UserError(f"steps={num_steps} with steps_offset={steps_offset} would start at t={grid[-1]}, past "
+                            f"the schedule's last timestep {num_timesteps - 1}: use fewer steps")
     else:  # trailing: T-1 downwards in steps of T / n; always starts at the last timestep
         grid = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)) - 1
         return grid.astype(np.int64)
@@ -42,8 +47,12 @@ class TimestepSampler(Sampler):
         timestep_spacing: str = "leading",  # how `levels(n)` spreads n steps over [0, T)
         clip_sample: bool = False,  # clamp pred_x0 to [-clip_range, clip_range] (pixel data in [-1, 1])
         clip_range: float = 1.0,
+        steps_offset: int = 0,  # added to the leading grid (Stable Diffusion's scheduler config says 1)
     ):
         check_choice("timestep spacing", timestep_spacing, TIMESTEP_SPACINGS)
+        if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0:
+            raise UserError(f"steps_offset must be an integer >= 0, got {steps_offset!r}")
+        self.steps_offset = steps_offset
         if getattr(objective, "schedule", None) is None or not hasattr(objective, "to_x0_eps"):
             raise UserError(f"{self.name} steps the timesteps of a DDPM schedule; this model's objective is "
                             f"{getattr(objective, 'name', objective)}")
@@ -57,7 +66,7 @@ class TimestepSampler(Sampler):
 
     def levels(self, num_steps: int) -> list[int]:
         """Descending integer timesteps; the sampler steps from each to the next, then to -1 (x0)."""
-        return timestep_grid(self.num_timesteps, num_steps, self.timestep_spacing).tolist()
+        return timestep_grid(self.num_timesteps, num_steps, self.timestep_spacing, self.steps_offset).tolist()
 
     def noised(self, x0, noise, t):
         """q(x_t | x0) (Ho et al. 2020, eq. 4); t = -1 gives x0."""

@@ -178,6 +178,9 @@ def prompt_tokens(model, prompt: str) -> list[str]:
     tokenizer = model.text.tokenizer
     if hasattr(tokenizer, "encode_one"):  # the project's word tokenizer
         return [tokenizer.vocabulary[i] for i in tokenizer.encode_one(prompt)]
+    if hasattr(tokenizer, "dropped"):  # CLIP's BPE (Stable Diffusion): all 77 positions, padding included, as SD's
+        ids = tokenizer([prompt])[0][0]  # UNet attends to every one of them
+        return [tokenizer.tokens[i] if i in (tokenizer.start_id, tokenizer.end_id) else tokenizer.decode([i]) for i in ids]
     ids = tokenizer(prompt, truncation=True, max_length=getattr(model.text, "max_length", 64))["input_ids"]
     return tokenizer.convert_ids_to_tokens(ids)  # a Hugging Face tokenizer (text=minilm)
 

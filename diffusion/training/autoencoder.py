@@ -37,7 +37,7 @@ from diffusion.training.ema import EMA
 from diffusion.training.logging import MetricsLogger
 from diffusion.training.optim import lr_at, make_optimizer, set_lr
 from diffusion.training.reconstructions import ReconstructionCheck, first_images
-from diffusion.training.resume import resolve_resume, restore_rng, rng_state
+from diffusion.training.resume import finished, resolve_resume, restore_rng, rng_state
 from diffusion.training.runtime import autocast, close_processes, init_processes, step_generator
 from diffusion.training.signals import GracefulStop
 
@@ -76,6 +76,8 @@ def train_first_stage(cfg, device: torch.device) -> Path:
     run_dir = Path(cfg.paths.output_dir)
     checkpoint_dir = run_dir / "checkpoints"
     resumed = resolve_resume(cfg, run_dir, kind="vae")
+    if finished(resumed, cfg):  # said so in one line; the run is left as it is
+        return Path(resumed["_path"])
 
     dataset = build_dataset(cfg, "train")
     info = data_info(dataset)

@@ -27,7 +27,7 @@ class ResumableSampler(Sampler):
             for k in range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size):
                 epoch, offset = divmod(position + k, self.size)
                 if epoch != epoch_cached:  # a batch may straddle two epochs; each epoch is one permutation
-                    generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+                    generator = torch.Generator().manual_seed((self.seed * 7919 + epoch) % 2**64)
                     order, epoch_cached = torch.randperm(self.size, generator=generator).tolist(), epoch
                 yield order[offset]
             position += global_batch

@@ -30,7 +30,7 @@ from diffusion.training.grids import SampleGrid, fixed_prompts
 from diffusion.training.logging import MetricsLogger
 from diffusion.training.optim import lr_at, make_optimizer, set_lr
 from diffusion.training.posthoc_ema import PosthocSnapshots
-from diffusion.training.resume import resolve_resume, restore_rng, rng_state
+from diffusion.training.resume import finished, resolve_resume, restore_rng, rng_state
 from diffusion.training.runtime import Processes, autocast, close_processes, init_processes, step_generator
 from diffusion.training.signals import GracefulStop
 
@@ -45,11 +45,8 @@ def train_diffusion(cfg) -> Path:
 
 
 def validate(cfg) -> None:
-    """Every diffusion-training key, before any work: the shared trainer keys, the objective and its sampler."""
+    """Every diffusion-training key, before any work: the schema (diffusion/schema.py), the objective and its sampler."""
     validate_trainer(cfg)
-    dropout = cfg.diffusion.caption_dropout
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise UserError(f"diffusion.caption_dropout must be a number in [0, 1), got {dropout!r}")
     build_sampler(cfg.sampler, objective_for(cfg))  # a bad objective value, or a sampler that cannot sample it
 
 
@@ -59,6 +56,8 @@ def train_denoiser(cfg, processes, device: torch.device) -> Path:
     run_dir = Path(cfg.paths.output_dir)
     checkpoint_dir = run_dir / "checkpoints"
     resumed = resolve_resume(cfg, run_dir, kind="diffusion")
+    if finished(resumed, cfg):  # said so in one line; the run is left as it is
+        return Path(resumed["_path"])
 
     # data, and the space the model denoises (pixels, or an autoencoder's latents)
     dataset = build_dataset(cfg, "train")

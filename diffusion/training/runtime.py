@@ -65,5 +65,5 @@ def step_generator(seed: int, step: int, micro: int, device: torch.device) -> to
     """The generator for one micro-batch's timesteps, noise and caption dropout: a pure function of
     (seed, step, micro), so a resumed run draws exactly what an uninterrupted one would."""
     generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + step) * 64 + micro)
+    generator.manual_seed(((seed * 1_000_003 + step) * 64 + micro) % 2**64)  # any seed in [0, 2**64)
     return generator

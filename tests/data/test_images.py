@@ -68,6 +68,19 @@ def test_decode_image_crops_the_box_and_draft_decoding_agrees(tmp_path):
     assert whole.shape == (3, 30, 30) and whole[2, 15, 25] == 255 and whole[0, 15, 10] == 255
 
 
+def test_decode_image_at_height_by_width_takes_the_centred_box_of_that_shape(tmp_path):
+    """(height, width): the largest centred box of that shape, resized (a wide picture cut for a tall output)."""
+    picture = Image.new("RGB", (400, 200), (0, 0, 255))  # blue, a red band at x 150..250 (the centre)
+    picture.paste((255, 0, 0), (150, 0, 250, 200))
+    for suffix in ("png", "jpg"):  # the JPEG is decoded at reduced scale (draft): the same crop
+        picture.save(tmp_path / f"wide.{suffix}", **({"quality": 95} if suffix == "jpg" else {}))
+        tall = images.decode_image(tmp_path / f"wide.{suffix}", (24, 12))  # the centre 100 x 200: all red
+        assert tall.shape == (3, 24, 12) and tall[0].float().mean() > 240 and tall[2].float().mean() < 15
+    wide = images.decode_image(tmp_path / "wide.png", (10, 20))  # the whole picture, as it is
+    assert wide.shape == (3, 10, 20) and wide[0, 5, 10] == 255 and wide[2, 5, 2] == 255 and wide[2, 5, 17] == 255
+    assert torch.equal(images.decode_image(tmp_path / "wide.png", 12), images.decode_image(tmp_path / "wide.png", (12, 12)))
+
+
 def test_small_images_are_upscaled(tmp_path):
     Image.new("RGB", (6, 4), (10, 200, 30)).save(tmp_path / "tiny.png")
     out = images.decode_image(tmp_path / "tiny.png", 32)

@@ -1,12 +1,12 @@
-"""`model=ddpm_cifar10`, `model=dit_xl2_256` and `vae=sd` are the published architectures: each config file holds what
+"""`model=ddpm_cifar10`, `model=sd15`, `model=dit_xl2_256` and `vae=sd` are the published architectures: each config file holds what
 the format's `network_config` reads from the published config, less the values the data fills in."""
 
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from diffusion.pretrained import diffusers_unet, diffusers_vae, dit_original
-from published import DDPM_CIFAR10, SD_VAE
+from diffusion.pretrained import diffusers_sd_unet, diffusers_unet, diffusers_vae, dit_original
+from published import DDPM_CIFAR10, SD15_UNET, SD_VAE
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 FILLED_BY_DATA = ("in_channels", "out_channels", "num_classes")
@@ -24,6 +24,11 @@ def published(kwargs: dict, leave_out=()) -> dict:
 def test_ddpm_cifar10_config_is_the_published_unet():
     assert config_file("model/ddpm_cifar10.yaml", ("dropout", "gradient_checkpointing")) \
         == published(diffusers_unet.network_config(DDPM_CIFAR10), ("dropout",))
+
+
+def test_sd15_config_is_the_published_unet():  # context_dim: the text encoder's width, filled in like the channels
+    assert config_file("model/sd15.yaml", ("gradient_checkpointing",)) \
+        == published(diffusers_sd_unet.network_config(SD15_UNET), ("context_dim",))
 
 
 def test_dit_xl2_256_config_is_the_original_dit_xl_2():
