@@ -21,7 +21,7 @@ def exact_network(flow: GaussianFlow):
     """The exact average velocity as a MeanFlow network: network(z, 1000 t, r=1000 r) -> u(z, r, t); at r = t the
     limit v(z, t). Differentiable in z and in the time (the objective's JVP runs through it)."""
 
-    def network(z, time, unconditional=False, r=None, guidance=None):
+    def network(z, time, unconditional=False, rows=None, r=None, guidance=None):
         shape = (-1,) + (1,) * (z.dim() - 1)
         t, r = (time / SCALE).reshape(shape), (r / SCALE).reshape(shape)
         gap = t - r
@@ -55,7 +55,7 @@ def test_both_losses_at_the_exact_network_leave_only_the_closed_form_noise(loss)
     """At u = the exact average velocity, iMF's v-loss is ||v(z_t) - (eps - x0)||^2, whose mean is Var(eps - x0 | z_t);
     MF's error (I - (t - r) du/dz)(v - (eps - x0)) is that scaled by (sigma_r / sigma_t)^2 (du/dz is a multiple of I)."""
     flow = GaussianFlow(MU, S)
-    objective = MeanFlowObjective(loss=loss, guidance_max=1.0, adaptive_power=0.0)
+    objective = MeanFlowObjective(loss=loss, equal_fraction=0.0, guidance_max=1.0, adaptive_power=0.0)
     gen = torch.Generator().manual_seed(1)
     n, t, r = 4000, 0.6, 0.2
     x0 = MU + S * torch.randn(n, 4, generator=gen, dtype=torch.float64)
@@ -70,7 +70,7 @@ def test_guidance_folds_into_the_target_and_reaches_the_network():
     objective = MeanFlowObjective(guidance_max=4.0, adaptive_power=0.0)
     seen = []
 
-    def network(z, time, unconditional=False, r=None, guidance=None):
+    def network(z, time, unconditional=False, rows=None, r=None, guidance=None):
         seen.append((unconditional, guidance))
         return torch.full_like(z, -1.0 if unconditional else 2.0)
 
@@ -80,8 +80,37 @@ def test_guidance_folds_into_the_target_and_reaches_the_network():
     assert seen[0][0] and torch.equal(seen[0][1], torch.ones(3))  # the unconditional field at w = 1
     times = objective.draw_times(20000, torch.Generator().manual_seed(0))
     t, r, w = times.unbind(1)
-    assert (r <= t).all() and float((r == t).double().mean()) == pytest.approx(0.75, abs=0.02)
+    assert (r < t).all()  # which rows train at r = t is positional (moving_rows)
     assert float(w.min()) >= 1 and float(w.max()) <= 4 and float(w.mean()) == pytest.approx(2.5, abs=0.03)
+
+
+def test_the_rows_at_r_equal_t_skip_the_jvp_and_lose_nothing():
+    """Rows [k, B) train at r = t with one ordinary call: their loss and the gradient equal those of the JVP path
+    (whose (t - r) du/dt is 0 there); k is a fixed share of the micro-batch, at least one row."""
+    assert [MeanFlowObjective(equal_fraction=f).moving_rows(n) for f, n in
+            [(0.75, 32), (0.75, 2), (0.75, 1), (1.0, 8), (0.0, 8), (0.5, 5)]] == [8, 1, 1, 0, 8, 3]
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(5, 16), nn.SiLU(), nn.Linear(16, 2)).double()
+    calls = []
+
+    def network(z, time, unconditional=False, rows=slice(None), r=None, guidance=None):
+        calls.append((rows, z.shape[0]))
+        t = time[:, None] / SCALE
+        return mlp(torch.cat([z, t, t - r[:, None] / SCALE, guidance[:, None] - float(unconditional)], dim=1))
+
+    gen = torch.Generator().manual_seed(4)
+    x0, noise = (torch.randn(8, 2, generator=gen, dtype=torch.float64) for _ in range(2))
+    split = MeanFlowObjective(equal_fraction=0.75, guidance_max=3.0)
+    times = split.draw_times(8, gen)
+    losses = split.training_loss(network, x0, noise, times)
+    assert [c for c in calls if c[0] != slice(None)] == [(slice(0, 2), 2)] * 2 + [(slice(2, 8), 6)]  # tangent, JVP, rest
+    gradient = torch.autograd.grad(losses.sum(), list(mlp.parameters()))
+    everyone = times.clone()
+    everyone[2:, 1] = everyone[2:, 0]  # the same draws with r = t spelled out, every row through the JVP
+    reference = MeanFlowObjective(equal_fraction=0.0, guidance_max=3.0).training_loss(network, x0, noise, everyone)
+    torch.testing.assert_close(losses, reference, rtol=1e-12, atol=1e-12)
+    for mine, theirs in zip(gradient, torch.autograd.grad(reference.sum(), list(mlp.parameters()))):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("steps", [1, 2])
@@ -108,7 +137,7 @@ def test_a_tiny_network_trained_with_imf_draws_one_step_samples_of_the_right_mea
     objective = MeanFlowObjective(guidance_max=1.0, adaptive_power=0.0)
     mlp = nn.Sequential(nn.Linear(4, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 2))
 
-    def network(z, time, unconditional=False, r=None, guidance=None):
+    def network(z, time, unconditional=False, rows=None, r=None, guidance=None):
         t = (time / SCALE).to(z.dtype)[:, None]
         return mlp(torch.cat([z, t, t - (r / SCALE).to(z.dtype)[:, None]], dim=1))
 
@@ -180,7 +209,7 @@ def test_meanflow_trains_samples_in_one_and_two_steps_and_refuses_what_does_not_
         ((*sample, "guidance_scale=9"), "guidance_scale=9 is outside what this MeanFlow model was trained for: use "
                                         "guidance_scale in [1, 5]"),
         ((*sample, "guidance=apg"), "guidance=apg: a MeanFlow model takes guidance_scale as an input"),
-        ((*sample, "steps=0"), "steps must be an integer >= 1"),
+        ((*sample, "steps=0"), "steps=0: use an integer >= 1"),  # the schema (diffusion/schema.py)
         (("train.py", *[o for o in train_tiny[1:] if not o.startswith("model.")], "model=mmdit_tiny", "model.hidden_size=32",
           "model.depth=1", "model.num_heads=2"), "objective=meanflow needs a backbone that also embeds r and guidance"),
         ((*train_tiny, "objective.loss=mse"), "objective.loss"),

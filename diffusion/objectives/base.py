@@ -41,9 +41,10 @@ class Objective:
         raise NotImplementedError
 
     def training_loss(self, network, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Per-example loss [B] of one micro-batch. `network(x, time, unconditional=False, **times)` is the model on
-        this micro-batch's prompts (or on empty prompts): an objective that needs the network inside its loss
-        (MeanFlow's Jacobian-vector product) overrides this; the others make x_t, call it once and score the output."""
+        """Per-example loss [B] of one micro-batch. `network(x, time, unconditional=False, rows=slice(None), **times)`
+        is the model on this micro-batch's prompts of `rows` (or on empty prompts): an objective that needs the
+        network inside its loss (MeanFlow's Jacobian-vector product) overrides this; the others make x_t, call it
+        once and score the output."""
         x_t = self.noisy(x0, noise, t).to(x0.dtype)
         return self.loss(network(self.network_input(x_t, t), self.model_time(t)), x0, noise, x_t, t)
 

@@ -30,7 +30,7 @@ that sampling takes one network call at any w in the trained range. (Dropped cap
 train the unconditional field the guided target uses.)
 
 Times (MF section 4.3): two logit-normal draws, t the larger and r the smaller; a fraction `equal_fraction` has r = t
-(plain flow matching: MF uses 75%). Adaptive loss weight (MF section 4.3): each example's mean squared error d is
+(plain flow matching: MF uses 75%), whose rows need no JVP ((t - r) du/dt = 0): they take one ordinary call. Adaptive loss weight (MF section 4.3): each example's mean squared error d is
 weighted by sg(1 / (d + c)^p) (p = 1: a robust, scale-free loss; p = 0: plain mean squared error).
 
 The network receives 1000 t as its time (flow.py's scale), r in the same units (the backbones embed t - r) and w.
@@ -38,6 +38,8 @@ What iMF adds that is left out here: its in-context (token) conditioning and the
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.func import jvp
@@ -94,38 +96,65 @@ class MeanFlowObjective(Objective):
 
     # -------- training: "times" are [B, 3] rows (t, r, w), so the loop draws and slices them like any objective's t
     def draw_times(self, n, generator):
+        """(t, r, w) per row with r < t; which rows train at r = t instead is decided by position (`moving_rows`)."""
         first, second = (logit_normal(n, self.logit_mean, self.logit_std, generator) for _ in range(2))
         t, r = torch.maximum(first, second), torch.minimum(first, second)
-        r = torch.where(torch.rand(n, generator=generator, dtype=torch.float64) < self.equal_fraction, t, r)
         w = 1 + (self.guidance_max - 1) * torch.rand(n, generator=generator, dtype=torch.float64)
         return torch.stack([t, r, w], dim=1)  # [n, 3]
+
+    def moving_rows(self, n: int) -> int:
+        """How many of a micro-batch's n rows (the first ones) train at r < t; the others at r = t. A fixed count per
+        micro-batch (rows are exchangeable: shuffled data, i.i.d. times) instead of MF's per-row coin: the same share
+        (rounded up, so a tiny batch still has one), known from the shape alone, so the r = t rows skip the JVP their
+        zero (t - r) would discard, without reading a value on the host."""
+        return min(n, math.ceil(round((1 - self.equal_fraction) * n, 6)))
 
     def noisy(self, x0, noise, times):
         t = expand_like(times[:, 0], x0)
         return (1 - t) * x0 + t * noise
 
     def training_loss(self, network, x0, noise, times):
+        """Per-example loss [B]. `network(x, time, unconditional=False, rows=slice(None), **times)`: the model on the
+        micro-batch's prompts of `rows`. Rows [0, k) take the JVP; rows [k, B) have r = t, where V = u(z, t, t) (the
+        (t - r) du/dt term is 0): plain guided flow matching, one ordinary call."""
+        n, k = x0.shape[0], self.moving_rows(x0.shape[0])
         t, r, w = times.unbind(1)  # [B] each
+        r = torch.cat([r[:k], t[k:]])  # rows k.. at r = t
         z = self.noisy(x0, noise, times).to(x0.dtype)
         time, r_time = self.model_time(t), self.model_time(r)
-        guidance = {"guidance": w} if self.guided else {}
+        v_guided = self.guided_velocity(network, z, time, noise - x0, w)
+        errors = []  # per-example mean squared errors, rows [0, k) then [k, n)
+        if k > 0:
+            errors.append(self.moving_error(network, z[:k], time[:k], r_time[:k], (t - r)[:k], w[:k], v_guided[:k]))
+        if k < n:
+            rows = slice(k, n)
+            u = network(z[rows], time[rows], rows=rows, r=time[rows], **self.guidance_input(w[rows]))
+            errors.append(((u.float() - v_guided[rows].float()) ** 2).flatten(1).mean(dim=1))
+        return self.adaptive(torch.cat(errors))
+
+    def moving_error(self, network, z, time, r_time, gap, w, v_guided):
+        """Squared error [k] of the rows [0, k) with r < t: the JVP along (v, 0, 1) and either loss (module docstring)."""
+        k = z.shape[0]
+        guidance = self.guidance_input(w)
 
         def u_fn(z_in, time_in):  # u_theta(z, r, t | prompt, w), with t (and so t - r) moving and r held
-            return network(z_in, time_in, r=r_time, **guidance)
+            return network(z_in, time_in, rows=slice(0, k), r=r_time, **guidance)
 
-        v_guided = self.guided_velocity(network, z, time, noise - x0, w)
         if self.loss_kind == "imf":
             with torch.no_grad():  # the network's own instantaneous velocity u(z, t, t) as the JVP's dz/dt
-                tangent = network(z, time, r=time, **guidance)
+                tangent = network(z, time, rows=slice(0, k), r=time, **guidance)
         else:
             tangent = v_guided
         u, du_dt = average_velocity_and_derivative(u_fn, z, time, tangent.to(z.dtype), self.timestep_scale)
-        gap = expand_like(t - r, z).to(z.dtype)
+        gap = expand_like(gap, z).to(z.dtype)
         if self.loss_kind == "imf":
             prediction, target = u + gap * du_dt.detach(), v_guided  # V_theta onto v_g (iMF's v-loss)
         else:
             prediction, target = u, (v_guided - gap * du_dt).detach()  # u_theta onto sg(u_tgt) (MF eq. 10)
-        return self.adaptive(((prediction.float() - target.float()) ** 2).flatten(1).mean(dim=1))
+        return ((prediction.float() - target.float()) ** 2).flatten(1).mean(dim=1)
+
+    def guidance_input(self, w: torch.Tensor) -> dict:
+        return {"guidance": w} if self.guided else {}
 
     def guided_velocity(self, network, z, time, v_conditional, w):
         """v_g = w (eps - x0) + (1 - w) sg(u(z, t, t | no prompt)): classifier-free guidance at scale w in the target."""

@@ -256,10 +256,12 @@ def micro_batch_loss(forward, batch, objective, cfg, processes, device, step, mi
     labels = batch["label"].clone()
     labels[dropped] = -1  # the "no class" label, dropped together with the caption
 
-    def network(x, time, unconditional: bool = False, **times):  # the objective calls it (MeanFlow: inside a JVP)
+    def network(x, time, unconditional: bool = False, rows: slice = slice(None), **times):
+        """The model on this micro-batch's prompts of `rows` (or on empty ones): the objective calls it, MeanFlow
+        several times on parts of the batch, once inside a JVP."""
         if unconditional:
-            return forward(x, time, prompts=[""] * len(prompts), class_labels=torch.full_like(labels, -1), **times)
-        return forward(x, time, prompts=prompts, class_labels=labels, **times)
+            return forward(x, time, prompts=[""] * x.shape[0], class_labels=torch.full_like(labels[rows], -1), **times)
+        return forward(x, time, prompts=prompts[rows], class_labels=labels[rows], **times)
 
     with autocast(device, cfg.trainer.precision):
         return objective.training_loss(network, x0, noise, t).mean()
