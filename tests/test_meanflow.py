@@ -128,7 +128,7 @@ def test_the_sampler_on_the_exact_average_velocity_lands_on_the_exact_flow_map(s
     torch.testing.assert_close(sample_loop(sampler, denoise, x, levels), MU + S * noise)  # z_0 = mu + s z_1
 
 
-@pytest.mark.slow  # ~400 CPU-seconds on the shared 2-core machine: forward-mode AD through a small MLP, 700 steps
+@pytest.mark.slow  # ~8 CPU-seconds at one torch thread (700 steps of forward-mode AD through a small MLP)
 def test_a_tiny_network_trained_with_imf_draws_one_step_samples_of_the_right_mean_and_variance():
     """2-D Gaussian data: one step of the trained network must give mean MU and std S. (One Euler step of the exact
     instantaneous velocity, what plain flow matching offers at 1 step, gives std 0 here: z_0 = mu.)"""
