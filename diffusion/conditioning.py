@@ -14,6 +14,8 @@ class Cond:
     pooled: torch.Tensor | None = None  # [B, D] one vector per prompt
     class_labels: torch.Tensor | None = None  # [B] int
     token_ids: torch.Tensor | None = None  # [B, L] int, the prompt's tokens (0 = padding; real ones per context_mask)
+    r: torch.Tensor | None = None  # [B] MeanFlow's second time, in the network's time units (objectives/meanflow.py)
+    guidance: torch.Tensor | None = None  # [B] iMF's guidance scale w, a conditioning input (objectives/meanflow.py)
 
     def __len__(self) -> int:
         for f in fields(self):

@@ -11,7 +11,7 @@ every loader returns, and `open_checkpoint`, which rebuilds a model trained here
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -75,11 +75,14 @@ class DiffusionModel(nn.Module):
         return cond
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond | None = None, *,
-                prompts: list[str] | None = None, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+                prompts: list[str] | None = None, class_labels: torch.Tensor | None = None, **times) -> torch.Tensor:
         """The denoiser. Training passes raw `prompts` (and labels) instead of `cond`, so that the text
-        encoder runs inside this forward call and DistributedDataParallel sees its gradients too."""
+        encoder runs inside this forward call and DistributedDataParallel sees its gradients too. `times`: the
+        per-example scalars a MeanFlow network also takes (`r`, `guidance`: Cond's fields)."""
         if cond is None and (prompts is not None or class_labels is not None):
             cond = self.encode(prompts, class_labels, device=x_t.device)
+        if times:
+            cond = replace(cond if cond is not None else Cond(), **times)
         return self.denoiser(x_t, t, cond)
 
 
@@ -104,12 +107,33 @@ def build_diffusion_model(cfg, data_info: dict, vocabulary: list[str] | None) ->
     if cfg.diffusion.get("class_conditional") and not num_classes:
         raise UserError("diffusion.class_conditional=true needs a dataset with class labels (e.g. dataset=cifar10)")
     width = text.output_dim if text is not None else None
+    inputs = network_inputs(cfg)
     channels = data_info["shape"][0]  # 3 for pixels, the autoencoder's latent channels for latents
     denoiser = build(cfg.model, where="model", in_channels=channels, out_channels=channels,
                  context_dim=width, pooled_dim=width if cfg.diffusion.get("pooled_text", True) else None,
                  num_classes=num_classes + 1 if num_classes else None,
-                 **({"vocab_size": text.vocab_size} if text is not None and cfg.diffusion.get("word_embedding") else {}))  # + 1: the "no class" label for guidance
+                 **({"vocab_size": text.vocab_size} if text is not None and cfg.diffusion.get("word_embedding") else {}),
+                 **({"extra_time_inputs": inputs} if inputs else {}))  # + 1: the "no class" label for guidance
     return DiffusionModel(denoiser, text, num_classes)
+
+
+def network_inputs(cfg) -> tuple[str, ...]:
+    """What the objective gives the network besides (x_t, t): MeanFlow's (`r`, `guidance`), filled into the backbone's
+    `extra_time_inputs` switch here (a value that follows from the objective, not repeated in YAML). A backbone
+    without the switch, or the switch set for an objective that gives nothing, is refused in one line."""
+    import inspect
+
+    objective = objective_for(cfg)
+    needed = tuple(objective.network_inputs)
+    configured = tuple(cfg.model.get("extra_time_inputs") or ())
+    if configured and configured != needed:
+        raise UserError(f"model.extra_time_inputs={list(configured)}: objective={objective.name} gives the network "
+                        f"{list(needed) or 'nothing besides t'}; drop the key (the objective fills it in)")
+    network_class = target_class(cfg.model, "model")
+    if needed and "extra_time_inputs" not in inspect.signature(network_class).parameters:
+        raise UserError(f"objective={objective.name} needs a backbone that also embeds {' and '.join(needed)} "
+                        f"(model.extra_time_inputs): {network_class.__name__} has no such input; use model=unet_* or dit_*")
+    return needed
 
 
 def count_parameters(module: nn.Module) -> int:

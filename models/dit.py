@@ -4,7 +4,8 @@ Called as `model(x_t, t, cond)` like the UNet (same `cond` fields), so any objec
 
     x (B, C, H, W) -> patchify: a p x p, stride-p conv -> N = (H/p)(W/p) tokens of width D
                    -> + fixed 2-D sine-cosine position embedding (section 3.1)
-    c = time MLP(sinusoids(t)) [+ class embedding] [+ pooled text] [+ bag of words]      (B, D)
+    c = time MLP(sinusoids(t)) [+ MLP(sinusoids(t - r)) + MLP(sinusoids(w))] [+ class embedding] [+ pooled text]
+        [+ bag of words]                                                                   (B, D)
     each of `depth` blocks, adaLN-Zero (section 3.1, Fig. 3): from c, a zero-initialised linear layer gives
         (shift, scale, gate) for attention and for the MLP:
         h = h + gate_a * Attn(LN(h) (1 + scale_a) + shift_a)
@@ -22,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from models.layers import FusedAttention, cond_field, timestep_embedding
+from models.layers import ExtraTimeEmbedding, FusedAttention, cond_field, timestep_embedding
 
 
 def sincos_2d(grid_h: int, grid_w: int, dim: int, columns_first: bool = False) -> torch.Tensor:
@@ -93,6 +94,7 @@ class DiT(nn.Module):
         time_frequency_shift: float = 0.0,  # timestep frequencies 10000^(-i / (half - shift)): diffusers' DiT uses 1
         mlp_norm_eps: float = 1e-6,  # the LayerNorm before each MLP: diffusers' DiTTransformer2DModel uses 1e-5
         position_columns_first: bool = False,  # the position table's first half encodes the column (the original DiT)
+        extra_time_inputs: tuple = (),  # cond fields embedded like t and added to c: r (MeanFlow), guidance (iMF)
     ):
         super().__init__()
         if not text_conditional and (context_dim is not None or pooled_dim is not None or vocab_size is not None):
@@ -106,6 +108,9 @@ class DiT(nn.Module):
         self.context_dim = context_dim
         self.patchify = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
         self.time_embed = nn.Sequential(nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.extra_time_inputs = tuple(extra_time_inputs)
+        self.extra_time_embed = (ExtraTimeEmbedding(self.extra_time_inputs, frequency_dim, hidden_size, time_frequency_shift)
+                                 if self.extra_time_inputs else None)
         self.class_embed = nn.Embedding(num_classes, hidden_size) if num_classes else None
         self.pooled_embed = nn.Linear(pooled_dim, hidden_size) if pooled_dim else None
         self.word_embed = nn.Embedding(vocab_size, hidden_size) if vocab_size else None
@@ -174,6 +179,8 @@ def condition_embedding(model: nn.Module, x: torch.Tensor, t, cond) -> torch.Ten
     t = t.expand(batch) if t.ndim == 0 else t
     sinusoids = timestep_embedding(t, model.frequency_dim, frequency_shift=getattr(model, "time_frequency_shift", 0.0))
     c = model.time_embed(sinusoids.to(x.dtype))
+    if getattr(model, "extra_time_embed", None) is not None:  # MeanFlow's r, iMF's guidance scale (off by default)
+        c = c + model.extra_time_embed(t, cond, x.dtype)
     if model.class_embed is not None:
         labels = cond_field(cond, "class_labels")
         c = c + model.class_embed(torch.where(labels < 0, model.class_embed.num_embeddings - 1, labels))

@@ -54,6 +54,40 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, s
     return F.pad(torch.cat(pair, dim=-1), (0, dim % 2))
 
 
+# per-example scalars a network may take besides t, through the same path: MeanFlow's second time r (Geng et al.
+# 2025) and iMF's guidance scale w (Geng et al. 2025-12, section 5: guidance as a conditioning input)
+EXTRA_TIME_INPUTS = ("r", "guidance")
+GUIDANCE_UNITS = 100.0  # w - 1 in [0, ~10] spread over the sinusoids the way t's [0, 1000) is
+
+
+class ExtraTimeEmbedding(nn.Module):
+    """Sinusoids -> MLP of each named `cond` field, summed: added to the time embedding (off unless named).
+
+    `r` is embedded as the interval t - r (both in the network's time units): MF Table 1c finds (t, t - r) the best
+    of the equivalent pairs; `guidance` as GUIDANCE_UNITS * (w - 1), so w = 1 (no guidance) embeds like t = 0."""
+
+    def __init__(self, names, frequency_dim: int, emb_dim: int, frequency_shift: float = 0.0):
+        super().__init__()
+        unknown = [name for name in names if name not in EXTRA_TIME_INPUTS]
+        if unknown:
+            raise ValueError(f"extra_time_inputs {unknown} unknown; use any of: {', '.join(EXTRA_TIME_INPUTS)}")
+        self.names, self.frequency_dim, self.frequency_shift = tuple(names), frequency_dim, frequency_shift
+        self.embed = nn.ModuleDict({name: nn.Sequential(nn.Linear(frequency_dim, emb_dim), nn.SiLU(),
+                                                        nn.Linear(emb_dim, emb_dim)) for name in self.names})
+
+    def forward(self, t: torch.Tensor, cond, dtype) -> torch.Tensor:  # t: [B] -> [B, emb_dim]
+        total = 0.0
+        for name in self.names:
+            value = cond_field(cond, name)
+            if value is None:
+                raise ValueError(f"this network takes `{name}` (model.extra_time_inputs): pass cond with `{name}` [B]")
+            value = torch.as_tensor(value, device=t.device).expand(t.shape[0])
+            value = t - value if name == "r" else GUIDANCE_UNITS * (value - 1)
+            sinusoids = timestep_embedding(value, self.frequency_dim, frequency_shift=self.frequency_shift)
+            total = total + self.embed[name](sinusoids.to(dtype))
+        return total
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv -> (+ time/class embedding) -> GroupNorm -> SiLU -> dropout -> conv, plus a skip.
 

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.layers import (Downsample, ResBlock, cond_field, SelfAttention2d, SpatialTransformer, Upsample, group_norm,
-                           timestep_embedding, zero_init)
+from models.layers import (Downsample, ExtraTimeEmbedding, ResBlock, cond_field, SelfAttention2d, SpatialTransformer,
+                           Upsample, group_norm, timestep_embedding, zero_init)
 
 WORD_POOLINGS = ("sum", "rms", "mean")
 
@@ -59,6 +59,7 @@ class UNet(nn.Module):
         downsample_padding: int = 1,  # 1: pad every side; 0: bottom / right only (TF "SAME", Ho et al.'s code)
         norm_eps: float | None = None,  # resnets' and the output's GroupNorm eps: SD's 1e-5; None: 1e-6 (group_norm)
         linear_projection: bool = False,  # transformers' proj_in / proj_out as linear layers (SD 2.x), not 1x1 convs
+        extra_time_inputs: tuple = (),  # cond fields embedded like t and added to it: r (MeanFlow), guidance (iMF)
     ):
         super().__init__()
         if word_pooling not in WORD_POOLINGS:
@@ -77,6 +78,9 @@ class UNet(nn.Module):
         emb_dim = emb_dim or base_channels * 4
 
         self.time_embed = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.extra_time_inputs = tuple(extra_time_inputs)
+        self.extra_time_embed = (ExtraTimeEmbedding(self.extra_time_inputs, base_channels, emb_dim, time_frequency_shift)
+                                 if self.extra_time_inputs else None)
         self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes else None
         # the bag of words: a vector per token (and per hashed word pair), like a class embedding per word
         self.word_embed = word_table(vocab_size, emb_dim, word_init_std) if vocab_size else None
@@ -146,6 +150,8 @@ class UNet(nn.Module):
         sinusoids = timestep_embedding(t, self.time_embed[0].in_features, sin_first=self.time_sin_first,
                                        frequency_shift=self.time_frequency_shift)
         emb = self.time_embed(sinusoids.to(x.dtype))
+        if self.extra_time_embed is not None:
+            emb = emb + self.extra_time_embed(t, cond, x.dtype)
         if self.class_embed is not None:
             emb = emb + self.class_embed(cond_field(cond, "class_labels"))
         if self.pooled_embed is not None:

@@ -66,12 +66,14 @@ def test_every_option_of_every_group_composes_and_builds(group, tmp_path):
             extra = ["text=none", "model.depth=1"]
         if group == "sampler" and option.startswith("flow_"):
             extra = ["objective=flow"]  # a flow sampler samples a flow model
+        if group == "sampler" and option == "meanflow":
+            extra = ["objective=meanflow"]  # the meanflow sampler samples a MeanFlow model
         if group == "sampler" and option == "consistency":  # what a consistency student stores (task=distill)
             extra = ["sampler.solver={name:ddim}", "sampler.grid_points=10", "sampler.sigma_data=0.01"]
         cfg = tiny_train_cfg(tmp_path, f"{group}={option}", *extra)
         sampler = build_sampler(cfg.sampler, objective_for(cfg))
         if group == "objective":  # each objective brings its own sampler (conf/objective/*.yaml)
-            assert sampler.name == {"ddpm": "ddim", "flow": "flow_euler", "edm": "heun"}[option]
+            assert sampler.name == {"ddpm": "ddim", "flow": "flow_euler", "edm": "heun", "meanflow": "meanflow"}[option]
         if cfg.text.get("_target_") is None or group in ("model", "text"):
             shape = [3, 16, 16]
             model = build_diffusion_model(cfg, {"shape": shape}, ["<pad>", "<bos>", "<eos>", "<unk>", "bird"])

@@ -5,6 +5,7 @@
 - `apg`: adaptive projected guidance (Sadat et al. 2024);
 - `rescale`: CFG rescale (Lin et al. 2024);
 - `auto`: autoguidance (Karras et al. 2024): the main model guided by a weaker one of itself, both conditional.
+- for a MeanFlow model the scale is an input of the network instead (iMF; `as_input.py`), whatever the method.
 
 Chosen with the `guidance` config group (`python sample.py ... guidance=apg guidance.eta=0`); `guided_denoiser`
 builds the one a spec names (the config node as a dict: `name` and the method's options); autoguidance's guide
@@ -19,6 +20,7 @@ import inspect
 from diffusion.errors import UserError, check_choice
 from diffusion.guidance.apg import adaptive_projected_guidance
 from diffusion.guidance.auto import autoguidance
+from diffusion.guidance.as_input import guidance_as_input
 from diffusion.guidance.cfg import Denoiser, classifier_free_guidance, conditional
 from diffusion.guidance.interval import guidance_interval
 from diffusion.guidance.rescale import cfg_rescale
@@ -39,6 +41,11 @@ def guided_denoiser(spec, model, cond, uncond, scale: float, guided_channels: in
     options = dict(spec or {})
     name = options.pop("name", "cfg")
     check_choice("guidance method (guidance=)", name, METHODS)
+    if "r" in getattr(objective, "network_inputs", ()):  # MeanFlow: trained on the guided field, told the scale
+        if name != "cfg" or options:
+            raise UserError(f"guidance={name}: a MeanFlow model takes guidance_scale as an input of the network (iMF), "
+                            f"not as a mix of two passes; drop guidance= and set guidance_scale")
+        return guidance_as_input(model, cond, scale, objective)
     unknown = [key for key in options if key not in options_of(name)]
     if unknown:
         raise UserError(f"guidance={name} has no option {unknown[0]!r}; its options: {', '.join(options_of(name)) or 'none'}")
@@ -52,5 +59,5 @@ def guided_denoiser(spec, model, cond, uncond, scale: float, guided_channels: in
     return method(model, cond, uncond, scale, guided_channels, **options)
 
 
-__all__ = ["METHODS", "Denoiser", "adaptive_projected_guidance", "autoguidance", "cfg_rescale", "classifier_free_guidance",
+__all__ = ["METHODS", "Denoiser", "adaptive_projected_guidance", "autoguidance", "guidance_as_input", "cfg_rescale", "classifier_free_guidance",
            "conditional", "guidance_interval", "guided_denoiser"]

@@ -25,6 +25,7 @@ class Objective:
     # (flow_euler, flow_heun); each sampler names its own family (diffusion/samplers/)
     sampler_families: tuple[str, ...] = ()
     needs_schedule = False  # True: built on the `schedule` config group's NoiseSchedule
+    network_inputs: tuple[str, ...] = ()  # what the network takes besides (x_t, t): MeanFlow's ("r", "guidance")
 
     # -------- training
     def draw_times(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -38,6 +39,14 @@ class Objective:
              t: torch.Tensor) -> torch.Tensor:
         """Per-example weighted squared error [B]."""
         raise NotImplementedError
+
+    def training_loss(self, network, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Per-example loss [B] of one micro-batch. `network(x, time, unconditional=False, rows=slice(None), **times)`
+        is the model on this micro-batch's prompts of `rows` (or on empty prompts): an objective that needs the
+        network inside its loss (MeanFlow's Jacobian-vector product) overrides this; the others make x_t, call it
+        once and score the output."""
+        x_t = self.noisy(x0, noise, t).to(x0.dtype)
+        return self.loss(network(self.network_input(x_t, t), self.model_time(t)), x0, noise, x_t, t)
 
     # -------- both
     def network_input(self, x_t: torch.Tensor, t) -> torch.Tensor:

@@ -255,10 +255,16 @@ def micro_batch_loss(forward, batch, objective, cfg, processes, device, step, mi
     prompts = ["" if drop else text for text, drop in zip(batch["text"], dropped.tolist())]
     labels = batch["label"].clone()
     labels[dropped] = -1  # the "no class" label, dropped together with the caption
+
+    def network(x, time, unconditional: bool = False, rows: slice = slice(None), **times):
+        """The model on this micro-batch's prompts of `rows` (or on empty ones): the objective calls it, MeanFlow
+        several times on parts of the batch, once inside a JVP."""
+        if unconditional:
+            return forward(x, time, prompts=[""] * x.shape[0], class_labels=torch.full_like(labels[rows], -1), **times)
+        return forward(x, time, prompts=prompts[rows], class_labels=labels[rows], **times)
+
     with autocast(device, cfg.trainer.precision):
-        x_t = objective.noisy(x0, noise, t).to(x0.dtype)
-        output = forward(objective.network_input(x_t, t), objective.model_time(t), prompts=prompts, class_labels=labels)
-    return objective.loss(output, x0, noise, x_t, t).mean()
+        return objective.training_loss(network, x0, noise, t).mean()
 
 
 def training_flops_per_image(model, objective, cfg, dataset, info, device, memory_format) -> float:
