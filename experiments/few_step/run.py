@@ -2,7 +2,7 @@
 DPM-Solver++(2M), UniPC and a consistency student, beside the teacher's 25-step DDIM; mean and 95% interval over seeds.
 
     python experiments/few_step/run.py --teacher <demo last.ckpt> --student <task=distill last.ckpt> --num 64
-    python experiments/few_step/run.py ... --row meanflow=<meanflow last.ckpt>:meanflow     # any further model
+    python experiments/few_step/run.py ... --row meanflow=<meanflow last.ckpt>:meanflow@3   # any further model
     python experiments/few_step/run.py --smoke --teacher ... --student ...
 
 Every setting is scored as `python -m diffusion.evaluation --seeds 0 1 2` scores a checkpoint (diffusion/evaluation/
@@ -55,14 +55,21 @@ def arguments(argv=None):
     return p.parse_args(argv)
 
 
-def parse_row(text: str) -> tuple[str, str, str]:
+def parse_row(text: str) -> tuple[str, str, str, float]:
+    """NAME=CKPT:SAMPLER[@SCALE] -> (name, checkpoint, sampler, guidance scale; 1 when not given)."""
     from diffusion.errors import UserError
 
     name, equals, rest = text.partition("=")
+    rest, at, scale = rest.rpartition("@") if "@" in rest.rpartition(":")[2] else (rest, "", "1")
     ckpt, colon, sampler = rest.rpartition(":")
-    if not (equals and colon and name and ckpt and sampler):
-        raise UserError(f"--row {text!r}: write NAME=CKPT:SAMPLER, e.g. meanflow=outputs/.../last.ckpt:meanflow")
-    return name, ckpt, sampler
+    try:
+        scale = float(scale)
+    except ValueError:
+        scale = None
+    if not (equals and colon and name and ckpt and sampler and scale is not None):
+        raise UserError(f"--row {text!r}: write NAME=CKPT:SAMPLER or NAME=CKPT:SAMPLER@SCALE, e.g. "
+                        f"meanflow=outputs/.../last.ckpt:meanflow@3")
+    return name, ckpt, sampler, scale
 
 
 def settings(args) -> list[tuple[str, str, str | None, int, float]]:
@@ -72,8 +79,8 @@ def settings(args) -> list[tuple[str, str, str | None, int, float]]:
     if args.student:
         rows += [("consistency", args.student, None, nfe, 1.0) for nfe in nfes]  # guidance is distilled in
     for text in args.row:
-        name, ckpt, sampler = parse_row(text)
-        rows += [(name, ckpt, None if sampler == "own" else sampler, nfe, 1.0) for nfe in nfes]
+        name, ckpt, sampler, scale = parse_row(text)
+        rows += [(name, ckpt, None if sampler == "own" else sampler, nfe, scale) for nfe in nfes]
     return rows + [(solver, args.teacher, solver, nfe, args.guidance_scale) for solver in SOLVERS for nfe in nfes]
 
 
