@@ -8,6 +8,7 @@ diffusers' UNet2DConditionModel on the same weights, on the same machine in one 
 
     python -m benchmarks.sd15 --device cpu --latent 32 --repeats 3              # full size: ...-sd15.json
     python -m benchmarks.sd15 --device cpu --latent 64 --repeats 3 --narrow     # 32-wide: ...-sd15-narrow.json
+    python -m benchmarks.sd15 --device cuda --dtype bf16 --latent 64 --repeats 5  # the GPU row (benchmarks/gpu.sh)
 
 A latent of 64x64 is a 512x512 image; on a 2-core CPU the full network's forward at 64x64 takes ~10 s, so the
 committed full-size row uses 32x32 latents (256x256 images): the same layers, a quarter of the positions.
@@ -40,6 +41,7 @@ SD15_UNET = {  # runwayml/stable-diffusion-v1-5 unet/config.json
 NARROW = {"block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 32}  # the default suite's narrowed variant
 GUIDANCE_SCALE = 7.5
 TOKENS = 77  # CLIP's context length
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def config_for(narrow: bool) -> dict:
@@ -77,12 +79,13 @@ def forwards(nets: dict) -> dict:
             "reference": lambda x_t, t, context: nets["reference"](x_t, t, encoder_hidden_states=context).sample}
 
 
-def inputs(narrow: bool, batch: int, latent: int, device: torch.device, seed: int = 0) -> dict:
+def inputs(narrow: bool, batch: int, latent: int, device: torch.device, seed: int = 0,
+           dtype: torch.dtype = torch.float32) -> dict:
     width = config_for(narrow)["cross_attention_dim"]
     generator = torch.Generator().manual_seed(seed)
-    return {"x_t": torch.randn(batch, 4, latent, latent, generator=generator).to(device),  # (B, 4, h, w)
-            "cond": torch.randn(batch, TOKENS, width, generator=generator).to(device),  # (B, 77, 768)
-            "uncond": torch.randn(batch, TOKENS, width, generator=generator).to(device)}
+    return {"x_t": torch.randn(batch, 4, latent, latent, generator=generator).to(device, dtype),  # (B, 4, h, w)
+            "cond": torch.randn(batch, TOKENS, width, generator=generator).to(device, dtype),  # (B, 77, 768)
+            "uncond": torch.randn(batch, TOKENS, width, generator=generator).to(device, dtype)}
 
 
 def ddim_step(eps, x_t, alpha_bar_t: float, alpha_bar_prev: float):
@@ -108,12 +111,12 @@ def guided_step(forward, data: dict, t: int = 981, t_prev: int = 941):
     return run
 
 
-def measure_memory(side: str, narrow: bool, latent: int, device: str) -> None:
+def measure_memory(side: str, narrow: bool, latent: int, device: str, dtype: torch.dtype) -> None:
     """In a fresh process: the peak memory of one guided step of `side` (prints one JSON line)."""
     device = torch.device(device)
-    nets = {name: net.to(device) for name, net in networks(narrow, (side,)).items()}
+    nets = {name: net.to(device, dtype) for name, net in networks(narrow, (side,)).items()}
     forward = forwards(nets)[side]
-    print(json.dumps(step_peak(guided_step(forward, inputs(narrow, 1, latent, device)), device)))
+    print(json.dumps(step_peak(guided_step(forward, inputs(narrow, 1, latent, device, dtype=dtype)), device)))
 
 
 def main(argv=None) -> dict:
@@ -124,6 +127,7 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--narrow", action="store_true", help="the 32-wide variant the default test suite runs")
+    p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="both networks' weights and inputs")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory row")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--memory-of", metavar="SIDE", choices=SIDES, help=argparse.SUPPRESS)
@@ -131,11 +135,11 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_of:
-        return measure_memory(args.memory_of, args.narrow, args.latent, args.device)
-    device = torch.device(args.device)
-    nets = {side: net.to(device) for side, net in networks(args.narrow).items()}
+        return measure_memory(args.memory_of, args.narrow, args.latent, args.device, DTYPES[args.dtype])
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    nets = {side: net.to(device, dtype) for side, net in networks(args.narrow).items()}
     call = forwards(nets)
-    data = inputs(args.narrow, args.batch, args.latent, device)
+    data = inputs(args.narrow, args.batch, args.latent, device, dtype=dtype)
     t = torch.full((args.batch,), 500, device=device)
 
     def forward_of(side):
@@ -154,7 +158,8 @@ def main(argv=None) -> dict:
                      "spread": {side: round(spread(v), 3) for side, v in seconds.items()}})
     del nets, call, forward_runs, step_runs
     if not args.no_memory:
-        extra = ["--latent", str(args.latent), "--device", args.device] + (["--narrow"] if args.narrow else [])
+        extra = (["--latent", str(args.latent), "--device", args.device, "--dtype", args.dtype]
+                 + (["--narrow"] if args.narrow else []))
         memory = {side: run_fresh("benchmarks.sd15", ["--memory-of", side, *extra], f"guided step/{side}", timeout=1800)
                   for side in SIDES}
         mib = {side: memory[side]["peak_bytes"] / 2**20 for side in SIDES}
@@ -165,13 +170,14 @@ def main(argv=None) -> dict:
         "meta": {"command": "python -m benchmarks.sd15 " + " ".join(argv if argv is not None else sys.argv[1:]),
                  "machine": machine_info(device), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
                  "model": model + f"), {args.latent}x{args.latent} latents, 77 x "
-                                  f"{config_for(args.narrow)['cross_attention_dim']} text states, float32",
+                                  f"{config_for(args.narrow)['cross_attention_dim']} text states, {args.dtype}",
                  "max_eps_difference": difference, "max_step_difference": step_difference},
         "rows": rows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{device_slug(device)}-sd15{'-narrow' if args.narrow else ''}.json"
+    suffix = ("-narrow" if args.narrow else "") + ("" if args.dtype == "fp32" else f"-{args.dtype}")
+    path = out / f"{device_slug(device)}-sd15{suffix}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     for row in rows:
         print(f"{row['row']:17s} {row['unit']:42s} ours {row['ours']:.4g}  diffusers {row['reference']:.4g}  "

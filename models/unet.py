@@ -174,7 +174,8 @@ class UNet(nn.Module):
         for stage in self.middle:
             h = self._run(stage, h, emb, context, context_mask)
         for stage in self.up:
-            h = self._run(stage, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+            h = torch.cat([h, skips.pop()], dim=1)  # rebound first, so the un-joined h is freed before the stage runs
+            h = self._run(stage, h, emb, context, context_mask)
         return self.conv_out(torch.nn.functional.silu(self.norm_out(h)))
 
     def bag_of_words(self, token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
