@@ -27,17 +27,11 @@ from omegaconf import OmegaConf
 
 from benchmarks.memory import run_fresh, step_peak
 from benchmarks.timing import device_slug, interleaved, machine_info, median, spread
+from diffusion.pretrained.diffusers_sd_unet import SD15_CONFIG
 
 HERE = Path(__file__).resolve().parent
 SIDES = ("ours", "reference")
-SD15_UNET = {  # runwayml/stable-diffusion-v1-5 unet/config.json
-    "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
-    "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 768,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}
+SD15_UNET = SD15_CONFIG  # runwayml/stable-diffusion-v1-5 unet/config.json (diffusion/pretrained/diffusers_sd_unet.py)
 NARROW = {"block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 32}  # the default suite's narrowed variant
 GUIDANCE_SCALE = 7.5
 TOKENS = 77  # CLIP's context length

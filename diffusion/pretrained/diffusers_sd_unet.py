@@ -28,6 +28,17 @@ from diffusion.pretrained.table import convert, float32, row
 
 SOURCE = "diffusers UNet2DConditionModel"
 
+# runwayml/stable-diffusion-v1-5 unet/config.json (the published values that shape the network): for tools and tests
+# that build SD 1.5's UNet without a download (benchmarks/sd15.py, tests/pretrained)
+SD15_CONFIG = {
+    "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+}
+
 ATTENTION = [  # diffusers Attention -> models.layers.Attention (q, k, v without bias, as in Rombach et al.'s code)
     row("to_q", "to_q"),
     row("to_k", "to_k"),

@@ -187,14 +187,20 @@ def build_on_meta(kwargs: dict, where: str) -> torch.nn.Module:
         return build(OmegaConf.create(kwargs), where=where)
 
 
-def assemble(kwargs: dict, state: dict, scheduler: dict, device, vae_ckpt, vae_folder, latent_side: int,
-             source: dict) -> LoadedModel:
-    network = build_on_meta(kwargs, where=f"{source['path']} (as {kwargs['_target_']})")
+def load_exactly(network: torch.nn.Module, state: dict, what: str) -> torch.nn.Module:
+    """Every tensor of `state` into its place in `network` (strict); a mismatch is one line naming `what`."""
     try:
         network.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:
-        raise UserError(f"{source['path']}: its weights do not fit the network its config describes "
+        raise UserError(f"{what} do not fit the network its config describes "
                         f"({str(error).splitlines()[0][:160]})") from None
+    return network
+
+
+def assemble(kwargs: dict, state: dict, scheduler: dict, device, vae_ckpt, vae_folder, latent_side: int,
+             source: dict) -> LoadedModel:
+    network = build_on_meta(kwargs, where=f"{source['path']} (as {kwargs['_target_']})")
+    load_exactly(network, state, f"{source['path']}: its weights")
     channels = int(kwargs["in_channels"])
     learned_variance = int(kwargs.get("out_channels", channels)) == 2 * channels
     classes = kwargs.get("num_classes")

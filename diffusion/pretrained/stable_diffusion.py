@@ -25,8 +25,9 @@ from omegaconf import OmegaConf
 from diffusion.errors import UserError
 from diffusion.model import DiffusionModel, LoadedModel
 from diffusion.pretrained import diffusers_sd_unet, diffusers_vae, ldm_unet, ldm_vae, transformers_clip
-from diffusion.pretrained.open import (SD_SCALE_FACTOR, build_on_meta, folder_weights, open_latent_space,
-                                       open_published as open_other, read_json, read_weights, schedule_and_objective)
+from diffusion.pretrained.open import (SD_SCALE_FACTOR, build_on_meta, folder_weights, load_exactly,
+                                       open_latent_space, open_published as open_other, read_json, read_weights,
+                                       schedule_and_objective)
 from diffusion.spaces.autoencoder import weights_fingerprint
 from diffusion.spaces.latents import LatentSpace
 
@@ -247,12 +248,7 @@ def assemble(unet_kwargs, unet_state, text_kwargs, text_state, tokenizer: str, c
     networks = []
     for kwargs, state, what in ((unet_kwargs, unet_state, "UNet"), (text_kwargs, text_state, "text encoder")):
         network = build_on_meta(kwargs, where=f"{source['path']} ({what})")
-        try:
-            network.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as error:
-            raise UserError(f"{source['path']}: its {what}'s weights do not fit its config "
-                            f"({str(error).splitlines()[0][:160]})") from None
-        networks.append(network.requires_grad_(False))
+        networks.append(load_exactly(network, state, f"{source['path']}: its {what}'s weights").requires_grad_(False))
     unet, text = networks
     if unet_kwargs["context_dim"] != text.output_dim:
         raise UserError(f"{source['path']}: the UNet attends to {unet_kwargs['context_dim']}-wide text states, the text "

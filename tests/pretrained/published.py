@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from diffusion.config import build
+from diffusion.pretrained.diffusers_sd_unet import SD15_CONFIG
 
 # google/ddpm-cifar10-32 config.json (Ho et al. 2020's CIFAR-10 network, converted by diffusers)
 DDPM_CIFAR10 = {
@@ -67,12 +68,4 @@ def ours(kwargs: dict, state_dict: dict) -> torch.nn.Module:
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
-# runwayml/stable-diffusion-v1-5 unet/config.json (Stable Diffusion 1.5's denoiser)
-SD15_UNET = {
-    "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
-    "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 768,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}
+SD15_UNET = SD15_CONFIG  # runwayml/stable-diffusion-v1-5 unet/config.json (diffusion/pretrained/diffusers_sd_unet.py)
