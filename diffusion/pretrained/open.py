@@ -239,10 +239,7 @@ def open_latent_space(vae_path, device, latent_side: int, source: dict) -> Laten
                             f"{first_keys(published)})")
         kwargs, state = ldm_vae.network_config(published, SD_SCALE_FACTOR), ldm_vae.to_ours(published)
     autoencoder = build_on_meta(kwargs, where=f"vae_ckpt={vae_path}")
-    try:
-        autoencoder.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as error:
-        raise UserError(f"vae_ckpt={vae_path}: weights do not fit its config ({str(error).splitlines()[0][:160]})") from None
+    autoencoder = load_exactly(autoencoder, state, f"vae_ckpt={vae_path}: its weights")
     autoencoder = autoencoder.to(device).eval().requires_grad_(False)
     scale = float(kwargs.get("scale_factor") or SD_SCALE_FACTOR)
     reference = {"path": str(vae_path), "fingerprint": weights_fingerprint(state), "scale_factor": scale,

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from diffusion.errors import UserError
 from diffusion.model import DiffusionModel, LoadedModel
-from diffusion.pretrained import diffusers_sd_unet, diffusers_vae, ldm_unet, ldm_vae, transformers_clip
+from diffusion.pretrained import diffusers_sd_unet, ldm_unet, ldm_vae, transformers_clip
 from diffusion.pretrained.open import (SD_SCALE_FACTOR, build_on_meta, folder_weights, load_exactly,
                                        open_latent_space, open_published as open_other, read_json, read_weights,
                                        schedule_and_objective)
@@ -216,10 +216,7 @@ def latent_space(vae, state: dict | None, device, latent_side: int, model) -> La
                         f"stable-diffusion-v1-5/vae, or sd-vae-ft-mse, or an SD .safetensors file>")
     kwargs, weights = ldm_vae.network_config(state, SD_SCALE_FACTOR), upcast(ldm_vae.to_ours(state))
     autoencoder = build_on_meta(kwargs, where=f"{model} (first_stage_model)")
-    try:
-        autoencoder.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as error:
-        raise UserError(f"{model}: its autoencoder's weights do not fit ({str(error).splitlines()[0][:160]})") from None
+    autoencoder = load_exactly(autoencoder, weights, f"{model}: its autoencoder's weights")
     autoencoder = autoencoder.to(device).eval().requires_grad_(False)
     reference = {"path": str(model), "fingerprint": weights_fingerprint(weights), "scale_factor": SD_SCALE_FACTOR,
                  "downsampling": int(autoencoder.downsampling), "latent_channels": int(autoencoder.latent_channels),
