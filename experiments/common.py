@@ -168,7 +168,9 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 def write_report(ctx: Context, title: str, question: str, method: str, table: str, figures: list[str],
                  results: dict, findings: str = "") -> Path:
     """README.md (question, method, command, table, figures) and results.json in --out."""
-    command = "python " + " ".join([f"experiments/{ctx.name}/run.py", *sys.argv[1:]])
+    script = Path(sys.argv[0]).resolve()
+    script = script.relative_to(ROOT) if script.is_relative_to(ROOT) else Path(f"experiments/{ctx.name}/run.py")
+    command = "python " + " ".join([str(script), *sys.argv[1:]])
     minutes = (time.time() - ctx.started) / 60
     smoke = ("\n> **Smoke run** (tiny 16 px model, a few images): checks the pipeline end to end; "
              "the numbers mean nothing.\n" if ctx.smoke else "")

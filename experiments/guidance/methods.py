@@ -5,6 +5,10 @@ counts them).
 
     python experiments/guidance/methods.py --ckpt <toy-birds last.ckpt> --guide-ckpt <a smaller / earlier one> \\
         --num 128 --scales 2 3
+    python experiments/guidance/methods.py --ckpt ... --guide-ckpt short=<a.ckpt> small=<b.ckpt> --resume
+
+Several guides (`name=path`) each give an autoguidance row ("auto (name)"); `--resume` keeps the settings an
+earlier, interrupted run already wrote to methods_results.json and measures only the rest.
 
 Each setting is `diffusion.evaluation.score.evaluate` (what `python -m diffusion.evaluation` runs): one image per
 held-out caption (image i with seed i), adherence read back by the probe (bootstrap over images, 1000 resamples), FID
@@ -47,7 +51,9 @@ class Counting:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--guide-ckpt", required=True, help="autoguidance's guide")
+    p.add_argument("--guide-ckpt", required=True, nargs="+",
+                   help="autoguidance's guide, or several as name=path (one autoguidance row each)")
+    p.add_argument("--resume", action="store_true", help="keep the settings already in methods_results.json")
     p.add_argument("--num", type=int, default=128, help="images per setting (one per caption)")
     p.add_argument("--ref-num", type=int, default=1000)
     p.add_argument("--scales", type=float, nargs="+", default=[2.0, 3.0])
@@ -63,23 +69,31 @@ def main() -> None:
 
     began = time.time()
     loaded = load_model(args.ckpt)
-    guide = load_guide(args.guide_ckpt, loaded)
+    guide_paths = dict(g.split("=", 1) if "=" in g else ("", g) for g in args.guide_ckpt)
+    guides = {name: load_guide(path, loaded) for name, path in guide_paths.items()}
     resolution = int(loaded.payload["data"]["resolution"])
     probe = load_probe(resolution)
     extractor = make_extractor("probe", probe_resolution=resolution, device="cpu")
     options = {m: OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "guidance" / f"{m}.yaml")) for m in METHODS}
     # CFG and autoguidance at every strength first (the comparison a time-boxed run must reach), then the others
-    settings = [("cfg", 1.0)] + sorted(((m, s) for s in args.scales for m in args.methods),
-                                       key=lambda setting: (setting[0] not in ("cfg", "auto"), setting[1]))
+    settings = [("cfg", 1.0, "")] + sorted(((m, s, g) for s in args.scales for m in args.methods
+                                           for g in (guides if m == "auto" else [""])),
+                                          key=lambda setting: (setting[0] not in ("cfg", "auto"), setting[1]))
     rows = []
     args.out.mkdir(parents=True, exist_ok=True)
-    for method, scale in settings:
+    if args.resume and (args.out / "methods_results.json").is_file():
+        rows = json.loads((args.out / "methods_results.json").read_text())["rows"]
+    for method, scale, guide_name in settings:
+        name = "unguided (w = 1)" if scale == 1.0 else method + (f" ({guide_name})" if guide_name else "")
+        if any(r["method"] == name and r["scale"] == scale for r in rows):
+            continue
+        guide = guides[guide_name] if method == "auto" else next(iter(guides.values()))
         counted, counted_guide = Counting(loaded.model), Counting(guide.model)
         result = evaluate(dataclasses.replace(loaded, model=counted), extractor, num=args.num, ref_num=args.ref_num,
                           guidance_scale=scale, guidance=options[method], batch_size=args.batch_size, probe=probe,
                           keep_images=0, progress=False,
                           guide=dataclasses.replace(guide, model=counted_guide) if method == "auto" else None)
-        row = {"method": "unguided (w = 1)" if scale == 1.0 else method, "scale": scale,
+        row = {"method": name, "scale": scale, "guide_step": int(guide.payload["step"]) if method == "auto" else None,
                "network_evaluations_per_image": counted.rows / args.num,
                "guide_evaluations_per_image": counted_guide.rows / args.num,
                **{k: result[k] for k in ("adherence_mean", "adherence_mean_interval", "adherence", "adherence_interval",
@@ -89,15 +103,17 @@ def main() -> None:
         print(f"{row['method']} w={scale:g}: adherence {row['adherence_mean']:.3f} {row['adherence_mean_interval']}, "
               f"FID {row['fid']:.2f} {row['fid_interval']}, evals/image {row['network_evaluations_per_image']:.0f}"
               f"+{row['guide_evaluations_per_image']:.0f}, {time.time() - began:.0f}s", flush=True)
-        write(args, loaded, guide, options, rows, began)  # after every setting: a time-boxed run keeps what it measured
+        write(args, loaded, guides, options, rows, began)  # after every setting: a time-boxed run keeps what it measured
     print(table(rows))
 
 
-def write(args, loaded, guide, options, rows: list[dict], began: float) -> None:
+def write(args, loaded, guides, options, rows: list[dict], began: float) -> None:
     minutes = (time.time() - began) / 60
     result = {"command": "python " + " ".join(["experiments/guidance/methods.py", *sys.argv[1:]]),
               "minutes": round(minutes, 2), "ckpt": args.ckpt, "ckpt_step": int(loaded.payload["step"]),
-              "guide_ckpt": args.guide_ckpt, "guide_step": int(guide.payload["step"]), "num": args.num,
+              "guides": {name or "guide": {"ckpt": str(g.path), "step": int(g.payload["step"]),
+                                          "parameters": sum(p.numel() for p in g.model.denoiser.parameters())}
+                         for name, g in guides.items()}, "num": args.num,
               "ref_num": args.ref_num, "options": options, "rows": rows}
     (args.out / "methods_results.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "methods_table.md").write_text(table(rows) + "\n")
@@ -125,7 +141,7 @@ def plot(rows: list[dict], path: Path) -> None:
     FigureCanvasAgg(figure)
     ax = figure.add_subplot(1, 1, 1)
     base = rows[0]
-    for method in METHODS:
+    for method in dict.fromkeys(r["method"] for r in rows[1:]):
         mine = [base] + [r for r in rows if r["method"] == method]
         if len(mine) == 1:
             continue
