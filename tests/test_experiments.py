@@ -42,3 +42,33 @@ def test_evaluation_split_over_two_processes_matches_one(tiny_checkpoint, quick_
     a, b = (json.loads((tmp_path / run / "evaluation.json").read_text()) for run in ("one", "two"))
     assert b["processes"] == 2 and a["adherence"] == b["adherence"]
     assert b["fid"] == pytest.approx(a["fid"], rel=1e-5)
+
+
+def test_the_scaling_seeds_table_averages_over_seeds_and_pairs_runs_seed_by_seed(two_step_checkpoint, tmp_path):
+    """experiments/scaling/seeds.py on a round of four runs (two names x seeds 0 and 1, a third seed only for one):
+    each cell is the mean over its seeds, and the paired difference uses only the seeds both runs have."""
+    import shutil
+
+    scores = {("unet_c16", 0): (0.70, 500.0), ("unet_c16", 1): (0.80, 520.0), ("unet_c16", 2): (0.90, 510.0),
+              ("dit_d96", 0): (0.60, 700.0), ("dit_d96", 1): (0.64, 640.0)}
+    for (name, seed), (adherence, fid) in scores.items():
+        run = tmp_path / "round" / f"{name}_s{seed}"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "eval").mkdir()
+        shutil.copy(two_step_checkpoint, run / "checkpoints" / "last.ckpt")
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 50, "loss": 0.1 + seed}) + "\n")
+        (run / "eval" / "evaluation.json").write_text(json.dumps({"adherence_mean": adherence, "fid": fid}))
+    (tmp_path / "round" / "dit_d96_s2").mkdir()  # not evaluated: left out with a line, not a crash
+    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "scaling" / "seeds.py"), str(tmp_path / "round"),
+                             "--json", str(tmp_path / "seeds.json"), "--runs", "unet_c16", "dit_d96"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "dit_d96_s2: no eval/evaluation.json" in result.stderr
+    table = json.loads((tmp_path / "seeds.json").read_text())
+    unet, dit = table["summaries"]["unet_c16"], table["summaries"]["dit_d96"]
+    assert unet["seeds"] == [0, 1, 2] and dit["seeds"] == [0, 1]
+    assert unet["adherence_mean"]["mean"] == pytest.approx(0.80) and dit["fid"]["mean"] == pytest.approx(670.0)
+    assert "t_interval" in unet["adherence_mean"] and "t_interval" not in dit["adherence_mean"]  # 3 seeds vs 2
+    (difference,) = table["differences"]
+    assert (difference["a"], difference["b"], difference["seeds"]) == ("unet_c16", "dit_d96", [0, 1])
+    assert difference["adherence_mean"]["values"] == pytest.approx([0.10, 0.16])
+    assert difference["loss"]["values"] == pytest.approx([0.0, 0.0])
