@@ -236,14 +236,14 @@ def run(args) -> None:
                        "adherence_mean": over_seeds["adherence_mean"]["mean"],
                        "adherence": {k: over_seeds[f"adherence.{k}"]["mean"] for k in result["adherence"]},
                        "seed": None, "seeds": seeds, "over_seeds": over_seeds,
-                       "per_seed": [{k: v for k, v in r.items() if k not in ("images", "prompts")} for r in results]})
+                       "per_seed": [{k: v for k, v in r.items() if k not in ("images", "prompts", "per_image")} for r in results]})
     if args.out:
         from diffusion.data.images import image_grid, save_png
 
         args.out.mkdir(parents=True, exist_ok=True)
         if result["images"] is not None and len(result["images"]):
             save_png(image_grid(result["images"]), args.out / "evaluation_grid.png", {"prompts": result["prompts"]})
-        plain = {k: v for k, v in result.items() if k not in ("images",)}
+        plain = {k: v for k, v in result.items() if k not in ("images", "per_image")}
         with writing(args.out / "evaluation.json"):
             (args.out / "evaluation.json").write_text(json.dumps(plain, indent=1) + "\n")
         print(f"wrote {args.out / 'evaluation.json'}")

@@ -39,6 +39,27 @@ def bootstrap_interval(rows, statistic: Callable[[np.ndarray], float], resamples
     return float(low), float(high)
 
 
+def paired_bootstrap_interval(rows_a, rows_b, statistic: Callable[[np.ndarray], float], resamples: int = 1000,
+                              level: float = LEVEL, seed: int = 0, recentre: bool = False) -> tuple[float, float]:
+    """The bootstrap interval of statistic(rows_a) - statistic(rows_b) where row i of both sets comes from the same
+    prompt and seed (two methods on the same images' starting noise): each resample draws one set of image indices
+    for both, so the spread the two share (which prompts, which seeds) cancels in the difference."""
+    a, b = np.asarray(rows_a), np.asarray(rows_b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"need two [N, ...] row sets of one N (paired images), got shapes {a.shape} and {b.shape}")
+    split = a.shape[1]
+    return bootstrap_interval(np.concatenate([a, b], axis=1),
+                              lambda rows: statistic(rows[:, :split]) - statistic(rows[:, split:]),
+                              resamples=resamples, level=level, seed=seed, recentre=recentre)
+
+
+def mean_adherence_of_hits(hits: np.ndarray) -> float:
+    """The mean over attributes of each attribute's hit rate, over the images that mention it ([N, A], NaN: not
+    mentioned): the evaluation's `adherence_mean`."""
+    with np.errstate(invalid="ignore"):
+        return float(np.nanmean(hits, axis=0).mean())
+
+
 def adherence_hits(predictions: list[dict], prompted: list[dict], names: list[str]) -> np.ndarray:
     """[N, A] per image and attribute: 1 hit, 0 miss, NaN where the caption does not mention the attribute."""
     hits = np.full((len(prompted), len(names)), np.nan)

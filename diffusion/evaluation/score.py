@@ -146,9 +146,12 @@ def evaluate(loaded, extractor, *, num: int = 1000, ref_num: int | None = None, 
              guidance_scale: float = 3.0, sampler_cfg=None, eta: float | None = None, batch_size: int = 64,
              seed: int = 0, kid_subsets: int = 100, kid_subset_size: int = 1000, cache_dir=None, device="cpu",
              processes=None, probe=None, keep_images: int = 64, progress: bool = True, guidance: dict | None = None,
-             adherence_resamples: int = 1000, fid_resamples: int = 200, guide=None) -> dict | None:
+             adherence_resamples: int = 1000, fid_resamples: int = 200, guide=None,
+             keep_per_image: bool = False) -> dict | None:
     """Generate `num` images and score them (toy-birds checkpoints only). Returns the results on rank 0
-    (None on other ranks). `keep_images` of them come back under "images" for a grid.
+    (None on other ranks). `keep_images` of them come back under "images" for a grid; with `keep_per_image`,
+    "per_image" holds each image's probe features [N, D] and attribute hits [N, A] (NaN: not mentioned), in prompt
+    order, for paired comparisons between settings (`intervals.paired_bootstrap_interval`).
     Beside each headline a 95% bootstrap interval over the images (diffusion/evaluation/intervals.py):
     "adherence_interval" {attribute: [low, high]}, "adherence_mean" with "adherence_mean_interval", "fid_interval"
     (the generated features resampled against the fixed reference statistics; fewer resamples, each one costs
@@ -216,6 +219,8 @@ def evaluate(loaded, extractor, *, num: int = 1000, ref_num: int | None = None, 
         "ckpt_step": int(loaded.payload.get("step", -1)), "cost_per_image": cost_per_image,
         "images": torch.stack([row[3] for row in rows if row[3] is not None]) if keep_images else None,
         "prompts": prompts[:keep_images],
+        "per_image": {"features": features.double().cpu().numpy(), "hits": hits,
+                      "attributes": list(adherence)} if keep_per_image else None,
     }
 
 

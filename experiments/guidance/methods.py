@@ -10,6 +10,11 @@ counts them).
 Several guides (`name=path`) each give an autoguidance row ("auto (name)"); `--resume` keeps the settings an
 earlier, interrupted run already wrote to methods_results.json and measures only the rest.
 
+Every setting keeps its images' probe features and attribute hits (<out>/per_image/), and each row is compared with
+classifier-free guidance paired image by image (the same prompts and starting noises; a bootstrap that resamples the
+same images for both, so the spread they share cancels): with CFG at the same w, and with the CFG row (or the unguided
+one) nearest in mean adherence, the comparison EDM2's claim is about (better FID at equal adherence).
+
 Each setting is `diffusion.evaluation.score.evaluate` (what `python -m diffusion.evaluation` runs): one image per
 held-out caption (image i with seed i), adherence read back by the probe (bootstrap over images, 1000 resamples), FID
 of probe features against --ref-num val renders (bootstrap, 200 resamples, recentred). Options of each method are
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 METHODS = ("cfg", "auto", "apg", "interval", "rescale")  # the order they run in at each strength
@@ -64,7 +71,7 @@ def main() -> None:
 
     from diffusion.evaluation.features import make_extractor
     from diffusion.evaluation.probe import load_probe
-    from diffusion.evaluation.score import evaluate
+    from diffusion.evaluation.score import evaluate, toybirds_reference
     from diffusion.loading import load_guide, load_model
 
     began = time.time()
@@ -91,7 +98,7 @@ def main() -> None:
         counted, counted_guide = Counting(loaded.model), Counting(guide.model)
         result = evaluate(dataclasses.replace(loaded, model=counted), extractor, num=args.num, ref_num=args.ref_num,
                           guidance_scale=scale, guidance=options[method], batch_size=args.batch_size, probe=probe,
-                          keep_images=0, progress=False,
+                          keep_images=0, progress=False, keep_per_image=True,
                           guide=dataclasses.replace(guide, model=counted_guide) if method == "auto" else None)
         row = {"method": name, "scale": scale, "guide_step": int(guide.payload["step"]) if method == "auto" else None,
                "network_evaluations_per_image": counted.rows / args.num,
@@ -99,12 +106,56 @@ def main() -> None:
                **{k: result[k] for k in ("adherence_mean", "adherence_mean_interval", "adherence", "adherence_interval",
                                          "fid", "fid_interval", "kid", "fid_real_renders", "generation_seconds",
                                          "guide_ckpt", "steps", "sampler")}}
+        per_image = args.out / "per_image" / f"{slug(name, scale)}.npz"
+        per_image.parent.mkdir(exist_ok=True)
+        np.savez(per_image, features=result["per_image"]["features"], hits=result["per_image"]["hits"])
+        row["per_image"] = str(per_image.relative_to(args.out))
         rows.append(row)
         print(f"{row['method']} w={scale:g}: adherence {row['adherence_mean']:.3f} {row['adherence_mean_interval']}, "
               f"FID {row['fid']:.2f} {row['fid_interval']}, evals/image {row['network_evaluations_per_image']:.0f}"
               f"+{row['guide_evaluations_per_image']:.0f}, {time.time() - began:.0f}s", flush=True)
         write(args, loaded, guides, options, rows, began)  # after every setting: a time-boxed run keeps what it measured
+    reference = toybirds_reference(extractor, resolution, args.ref_num)
+    compare_with_cfg(rows, args.out, reference)
+    write(args, loaded, guides, options, rows, began)
     print(table(rows))
+
+
+def slug(name: str, scale: float) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_") + f"_w{scale:g}"
+
+
+def compare_with_cfg(rows: list[dict], out: Path, reference: dict) -> None:
+    """Each non-CFG row against CFG, paired image by image: at the same w ("vs_cfg_same_w") and against the CFG or
+    unguided row nearest in mean adherence ("vs_cfg_nearest"), as [difference, low, high] of mean adherence and FID."""
+    from diffusion.evaluation.fid import distance_to
+    from diffusion.evaluation.intervals import mean_adherence_of_hits, paired_bootstrap_interval
+
+    project, fid_of_projected = distance_to(reference["mu"].numpy(), reference["sigma"].numpy())
+    loaded = {}
+
+    def data(row):
+        if row["per_image"] not in loaded:
+            arrays = np.load(out / row["per_image"])
+            loaded[row["per_image"]] = (project(arrays["features"]), arrays["hits"])
+        return loaded[row["per_image"]]
+
+    def difference(a: dict, b: dict) -> dict:
+        (features_a, hits_a), (features_b, hits_b) = data(a), data(b)
+        adherence = paired_bootstrap_interval(hits_a, hits_b, mean_adherence_of_hits)
+        fid = paired_bootstrap_interval(features_a, features_b, fid_of_projected, resamples=200, recentre=True)
+        return {"against": b["method"] if b["scale"] == 1.0 else f"{b['method']} w={b['scale']:g}",
+                "adherence": [a["adherence_mean"] - b["adherence_mean"], *adherence],
+                "fid": [a["fid"] - b["fid"], *fid]}
+
+    cfg_rows = [r for r in rows if r.get("per_image") and (r["method"] == "cfg" or r["scale"] == 1.0)]
+    for row in rows:
+        if not row.get("per_image") or row in cfg_rows:
+            continue
+        same = next((r for r in cfg_rows if r["method"] == "cfg" and r["scale"] == row["scale"]), None)
+        nearest = min(cfg_rows, key=lambda r: abs(r["adherence_mean"] - row["adherence_mean"]), default=None)
+        row["vs_cfg_same_w"] = difference(row, same) if same else None
+        row["vs_cfg_nearest"] = difference(row, nearest) if nearest else None
 
 
 def write(args, loaded, guides, options, rows: list[dict], began: float) -> None:
@@ -121,15 +172,25 @@ def write(args, loaded, guides, options, rows: list[dict], began: float) -> None
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| method | w | network evaluations / image (main + guide) | adherence [95%] | FID-by-probe [95%] |",
-             "|---|---|---|---|---|"]
+    lines = ["| method | w | network evaluations / image (main + guide) | adherence [95%] | FID-by-probe [95%] | "
+             "paired, minus CFG at the same w: adherence (points), FID | paired, minus the CFG row nearest in "
+             "adherence: which, adherence (points), FID |", "|---|---|---|---|---|---|---|"]
+
+    def paired(comparison: dict | None, name: bool) -> str:
+        if not comparison:
+            return ""
+        (a, a_low, a_high), (f, f_low, f_high) = comparison["adherence"], comparison["fid"]
+        return ((f"{comparison['against']}: " if name else "") + f"{100 * a:+.1f} [{100 * a_low:+.1f}, "
+                f"{100 * a_high:+.1f}], {f:+.0f} [{f_low:+.0f}, {f_high:+.0f}]")
+
     for r in rows:
         low, high = r["adherence_mean_interval"]
         evaluations = f"{r['network_evaluations_per_image']:.0f}" + (
             f" + {r['guide_evaluations_per_image']:.0f}" if r["guide_evaluations_per_image"] else "")
         lines.append(f"| {r['method']} | {r['scale']:g} | {evaluations} | {100 * r['adherence_mean']:.1f}% "
                      f"[{100 * low:.1f}, {100 * high:.1f}] | {r['fid']:.1f} [{r['fid_interval'][0]:.1f}, "
-                     f"{r['fid_interval'][1]:.1f}] |")
+                     f"{r['fid_interval'][1]:.1f}] | {paired(r.get('vs_cfg_same_w'), False)} | "
+                     f"{paired(r.get('vs_cfg_nearest'), True)} |")
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from diffusion.evaluation.intervals import adherence_intervals, bootstrap_interval, seed_summary
+from diffusion.evaluation.intervals import (adherence_intervals, bootstrap_interval, mean_adherence_of_hits,
+                                           paired_bootstrap_interval, seed_summary)
 
 
 def test_bootstrap_interval_of_a_bernoulli_mean_matches_the_normal_interval():
@@ -137,6 +138,31 @@ def test_fid_interval_is_recentred_on_the_point_estimate():
     raw = bootstrap_interval(rows, fid, resamples=200)
     low, high = bootstrap_interval(rows, fid, resamples=200, recentre=True)
     assert raw[0] > fid(rows) and low <= fid(rows) <= high
+
+
+def test_a_paired_interval_cancels_the_spread_two_settings_share():
+    # two settings on the same 200 prompts and seeds: b = a + 0.3 + small noise, a itself widely spread. Unpaired,
+    # the two means' intervals overlap; paired, the difference's interval is narrow, brackets 0.3 and excludes 0
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200, 1)) * 3.0
+    b = a + 0.3 + 0.1 * rng.standard_normal((200, 1))
+    mean = lambda rows: float(rows.mean())  # noqa: E731
+    low_a, high_a = bootstrap_interval(a, mean)
+    low_b, high_b = bootstrap_interval(b, mean)
+    assert low_b < high_a  # unpaired: no difference by the overlap rule
+    low, high = paired_bootstrap_interval(b, a, mean)
+    assert 0 < low < 0.3 < high < 0.33
+    assert paired_bootstrap_interval(a, a, mean) == (0.0, 0.0)  # a setting against itself: exactly no difference
+    with pytest.raises(ValueError, match="paired images"):
+        paired_bootstrap_interval(a, a[:10], mean)
+
+
+def test_the_mean_adherence_of_hits_counts_only_the_images_that_mention_an_attribute():
+    nan = float("nan")
+    hits = np.array([[1.0, nan], [0.0, 1.0], [1.0, 1.0], [nan, 0.0]])  # attribute 0: 2 of 3, attribute 1: 2 of 3
+    assert mean_adherence_of_hits(hits) == pytest.approx(2 / 3)
+    hits[0, 1] = 0.0  # attribute 1 now 2 of 4
+    assert mean_adherence_of_hits(hits) == pytest.approx((2 / 3 + 1 / 2) / 2)
 
 
 def test_an_existing_evaluation_is_never_replaced_without_overwrite(tiny_checkpoint, tmp_path, monkeypatch):
