@@ -15,16 +15,7 @@ RUNS=("$@"); [ ${#RUNS[@]} -eq 0 ] && RUNS=(unet_c16 dit_d48 unet_c24 dit_d96 un
 DIT_LR="${DIT_LR:-2e-3}"
 ROUND="${ROUND:-${MIN}min}"
 OUT="outputs/scaling/$ROUND"
-overrides() {  # the model overrides of a run name
-  if [[ $1 =~ ^unet_c([0-9]+)$ ]]; then
-    echo "model.base_channels=${BASH_REMATCH[1]}"
-  elif [[ $1 =~ ^dit_d([0-9]+)(_lr([0-9.]+(e-?[0-9]+)?))?$ ]]; then
-    echo "model=dit_tiny model.hidden_size=${BASH_REMATCH[1]} optim.lr=${BASH_REMATCH[3]:-$DIT_LR}"
-  else
-    echo "unknown run '$1': use unet_c<channels>, dit_d<width> or dit_d<width>_lr<rate> (e.g. unet_c16 dit_d96_lr1e-3)" >&2
-    exit 2
-  fi
-}
+source experiments/scaling/runs.sh  # overrides RUN: the model overrides of a run name
 train() {  # name: one thread, stops (annealed) after MIN minutes
   local name=$1
   rm -rf "${OUT:?}/$name"

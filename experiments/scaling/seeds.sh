@@ -15,22 +15,14 @@ ROUND=$1; shift
 SEEDS=(${SEEDS:-0 1 2})
 DIT_LR="${DIT_LR:-2e-3}"
 OUT="outputs/scaling/seeds_$ROUND"
-overrides() {  # the model overrides of a run name (as run.sh)
-  if [[ $1 =~ ^unet_c([0-9]+)$ ]]; then
-    echo "model.base_channels=${BASH_REMATCH[1]}"
-  elif [[ $1 =~ ^dit_d([0-9]+)(_lr([0-9.]+(e-?[0-9]+)?))?$ ]]; then
-    echo "model=dit_tiny model.hidden_size=${BASH_REMATCH[1]} optim.lr=${BASH_REMATCH[3]:-$DIT_LR}"
-  else
-    echo "unknown run '$1': use unet_c<channels>, dit_d<width> or dit_d<width>_lr<rate> (e.g. unet_c16 dit_d96_lr1e-3)" >&2
-    exit 2
-  fi
-}
+source experiments/scaling/runs.sh  # overrides RUN: the model overrides of a run name
 JOBS=(); NAMES=()
 for spec in "$@"; do
   [[ $spec =~ ^([a-z0-9_.e-]+):([0-9]+)$ ]] || { echo "'$spec': give RUN:STEPS, e.g. unet_c16:1238" >&2; exit 2; }
-  overrides "${BASH_REMATCH[1]}" > /dev/null
-  NAMES+=("${BASH_REMATCH[1]}")
-  for seed in "${SEEDS[@]}"; do JOBS+=("${BASH_REMATCH[1]}:${BASH_REMATCH[2]}:$seed"); done
+  name=${BASH_REMATCH[1]}; steps=${BASH_REMATCH[2]}
+  overrides "$name" > /dev/null
+  NAMES+=("$name")
+  for seed in "${SEEDS[@]}"; do JOBS+=("$name:$steps:$seed"); done
 done
 train() {  # RUN:STEPS:SEED, one thread
   IFS=: read -r name steps seed <<< "$1"
