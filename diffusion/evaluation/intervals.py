@@ -104,3 +104,11 @@ def seed_summary(values: list[float], level: float = LEVEL) -> dict:
         half = t_quantile(len(values) - 1, level) * std / math.sqrt(len(values))
         summary["t_interval"] = [mean - half, mean + half]
     return summary
+
+
+def summary_text(summary: dict, scale: float = 1.0, digits: int = 1) -> str:
+    """A `seed_summary` as table text, "mean [low, high]" (the mean alone below 3 seeds), each times `scale`
+    (100 for a share as percent points)."""
+    low_high = summary.get("t_interval")
+    text = f"{scale * summary['mean']:.{digits}f}"
+    return text + (f" [{scale * low_high[0]:.{digits}f}, {scale * low_high[1]:.{digits}f}]" if low_high else "")

@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from diffusion.evaluation.intervals import summary_text  # noqa: E402
+
 NFES = (1, 2, 4, 8)
 SOLVERS = ("ddim", "dpmpp_2m", "unipc")  # the teacher's multistep solvers, guided at --guidance-scale
 BASELINE = ("teacher", "ddim", 25)  # the 25-step teacher every row is compared with
@@ -140,13 +142,6 @@ def distillation_cost(student: str | None) -> dict | None:
             "energy_j": cost.get("energy_j"), "energy_source": cost.get("energy_source"), "device": cost.get("device")}
 
 
-def interval_text(summary: dict, percent: bool) -> str:
-    scale, unit = (100, "") if percent else (1, "")
-    low_high = summary.get("t_interval")
-    mean = f"{scale * summary['mean']:.1f}{unit}"
-    return mean + (f" [{scale * low_high[0]:.1f}, {scale * low_high[1]:.1f}]" if low_high else "")
-
-
 def targets(results: list[dict]) -> list[str]:
     """The issue's targets, each said plainly as met or missed."""
     base = next(r for r in results if (r["row"], r["steps"]) == (BASELINE[0], BASELINE[2]))
@@ -178,8 +173,8 @@ def report(args, results: list[dict], distill: dict | None, minutes: float, grid
               "FID-by-probe (mean [95% t])", "GFLOP / image", "J / image"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
-        lines.append(f"| {r['row']} | {r['steps']} | {interval_text(r['adherence_mean'], True)} | "
-                     f"{interval_text(r['fid'], False)} | {r['cost_per_image']['flops'] / 1e9:.2f} | "
+        lines.append(f"| {r['row']} | {r['steps']} | {summary_text(r['adherence_mean'], 100)} | "
+                     f"{summary_text(r['fid'])} | {r['cost_per_image']['flops'] / 1e9:.2f} | "
                      f"{r['cost_per_image']['energy_j']:.3f} |")
     command = "python experiments/few_step/run.py " + " ".join(sys.argv[1:])
     text = "\n".join([
@@ -233,8 +228,8 @@ def main(argv=None) -> None:
                                                              ProbeExtractor(probe)))
         results.append({"row": name, "ckpt": ckpt, "sampler": sampler or "own", "steps": steps, "guidance_scale": scale,
                         **result})
-        print(f"{name:>12} NFE {steps:>2}: adherence {interval_text(result['adherence_mean'], True)}, "
-              f"FID {interval_text(result['fid'], False)}, {result['cost_per_image']['flops'] / 1e9:.2f} GFLOP", flush=True)
+        print(f"{name:>12} NFE {steps:>2}: adherence {summary_text(result['adherence_mean'], 100)}, "
+              f"FID {summary_text(result['fid'])}, {result['cost_per_image']['flops'] / 1e9:.2f} GFLOP", flush=True)
     grid_rows = [r for r in results if r["steps"] in (BASELINE[2], 1, 2)]
     grid = "grid.png" if not args.smoke else "grid_smoke.png"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -46,12 +46,6 @@ def label(sampler: str, extra: dict) -> str:
     return sampler + (f" ({extra['sigmas']})" if "sigmas" in extra else "")
 
 
-def interval_text(summary: dict, scale: float = 1.0, digits: int = 1) -> str:
-    low_high = summary.get("t_interval")
-    text = f"{scale * summary['mean']:.{digits}f}"
-    return text + (f" [{scale * low_high[0]:.{digits}f}, {scale * low_high[1]:.{digits}f}]" if low_high else "")
-
-
 def main() -> None:
     p = parser("samplers", __doc__.splitlines()[0], num=64, trains=True)
     p.add_argument("--ckpt", nargs="+", required=True, help="objective=ddpm checkpoints, one per training seed")
@@ -65,7 +59,7 @@ def main() -> None:
 
     from omegaconf import OmegaConf
 
-    from diffusion.evaluation.intervals import seed_summary
+    from diffusion.evaluation.intervals import seed_summary, summary_text
     from diffusion.evaluation.score import sampler_config, toybirds_prompts
     from experiments.common import load_model
 
@@ -109,8 +103,8 @@ def main() -> None:
         settings.append({"model": model_name, "sampler": name, "nfe": nfe, "steps": results[0]["steps"],
                          "adherence_mean": adherence_summary, "fid": fid_summary, "body_colour": body,
                          "facing": facing, "runs": results})
-        rows.append([model_name, name, results[0]["steps"], nfe, interval_text(adherence_summary, 100),
-                     interval_text(body, 100), interval_text(facing, 100), interval_text(fid_summary, digits=0),
+        rows.append([model_name, name, results[0]["steps"], nfe, summary_text(adherence_summary, 100),
+                     summary_text(body, 100), summary_text(facing, 100), summary_text(fid_summary, digits=0),
                      f"{sum(r['seconds'] for r in results) / len(results):.1f}"])
     table = markdown_table(["model", "sampler", "steps", "NFE", "adherence (mean) [95%]", "body colour", "facing",
                             "FID-by-probe", "wall time (s)"], rows)
@@ -118,7 +112,7 @@ def main() -> None:
     if comparisons:
         table += "\n\nPaired run by run (a minus b; mean adherence, points):\n\n" + markdown_table(
             ["comparison", "a minus b [95%]", "per run"],
-            [[c["name"], interval_text(c["difference"], 100),
+            [[c["name"], summary_text(c["difference"], 100),
               ", ".join(f"{100 * v:+.1f}" for v in c["difference"]["values"])] for c in comparisons])
     figures = [save_rows(ctx, grid_rows, "nfe_grid_10.png", columns=min(8, n))] if grid_rows else []
     write_report(

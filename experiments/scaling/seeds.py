@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from diffusion.evaluation.cost import final_loss  # noqa: E402
-from diffusion.evaluation.intervals import seed_summary  # noqa: E402
+from diffusion.evaluation.intervals import seed_summary, summary_text  # noqa: E402
 
 RUN = re.compile(r"^(?P<name>.+)_s(?P<seed>\d+)$")
 
@@ -41,12 +41,6 @@ def read_round(folder: Path) -> dict[str, dict[int, dict]]:
             "adherence_mean_interval": result.get("adherence_mean_interval"), "fid": result["fid"],
             "parameters": parameters, "train_flops": (payload.get("cost") or {}).get("train_flops")}
     return runs
-
-
-def text(summary: dict, scale: float = 1.0, digits: int = 1) -> str:
-    low_high = summary.get("t_interval")
-    mean = f"{scale * summary['mean']:.{digits}f}"
-    return mean + (f" [{scale * low_high[0]:.{digits}f}, {scale * low_high[1]:.{digits}f}]" if low_high else "")
 
 
 def main() -> None:
@@ -77,8 +71,8 @@ def main() -> None:
              "|---|---:|---:|---|---|---|---|"]
     for name, s in summaries.items():
         lines.append(f"| {name} | {s['parameters'] / 1e6:.2f}M | {'/'.join(map(str, s['step']))} | "
-                     f"{', '.join(map(str, s['seeds']))} | {text(s['loss'], digits=4)} | "
-                     f"{text(s['adherence_mean'], 100)}% | {text(s['fid'], digits=0)} |")
+                     f"{', '.join(map(str, s['seeds']))} | {summary_text(s['loss'], digits=4)} | "
+                     f"{summary_text(s['adherence_mean'], 100)}% | {summary_text(s['fid'], digits=0)} |")
     differences = []
     for a, b in itertools.combinations(runs, 2):
         shared = sorted(set(runs[a]) & set(runs[b]))
@@ -90,8 +84,8 @@ def main() -> None:
         lines += ["", "| paired by seed: a minus b | loss [95%] | mean adherence, points [95%] | FID-by-probe [95%] |",
                   "|---|---|---|---|"]
         for d in differences:
-            lines.append(f"| {d['a']} minus {d['b']} | {text(d['loss'], digits=4)} | "
-                         f"{text(d['adherence_mean'], 100)} | {text(d['fid'], digits=0)} |")
+            lines.append(f"| {d['a']} minus {d['b']} | {summary_text(d['loss'], digits=4)} | "
+                         f"{summary_text(d['adherence_mean'], 100)} | {summary_text(d['fid'], digits=0)} |")
     table = "\n".join(lines)
     print(table)
     if args.table:
